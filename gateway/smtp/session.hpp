@@ -1,0 +1,35 @@
+// Session: one SMTP connection, one coroutine that reads top to bottom (RFC 5321 with
+// PIPELINING, SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN and STARTTLS).
+// Each command is looked up in a declarative table (allowed states, allowed before TLS,
+// pipelinable), validated, run through the policy pipeline for its stage, then applied.
+// The session owns its socket, buffers and MessageContext; shared services come by reference.
+#pragma once
+
+#include <asio/ip/tcp.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/ssl/context.hpp>
+#include <asio/thread_pool.hpp>
+#include <memory>
+#include <string>
+
+#include "gateway/spool/spool.hpp"
+#include "policy/config.hpp"
+#include "policy/pipeline.hpp"
+
+namespace moat::gateway {
+
+// Everything a session borrows; built once in main and outliving every session.
+struct Services {
+  const policy::Config& config;
+  const policy::Pipeline& pipeline;
+  Spool& spool;
+  asio::ssl::context& tls;
+  asio::thread_pool& blocking;  // for fsync and other calls that may block
+};
+
+// Runs the whole SMTP dialogue on `socket` and returns when the connection is over. Never
+// throws: an unexpected exception is logged with the session id and ends the session.
+asio::awaitable<void> run_session(asio::ip::tcp::socket socket, Services& services,
+                                  std::string sid);
+
+}  // namespace moat::gateway

@@ -1,0 +1,395 @@
+#include "policy/config.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+#include <sstream>
+#include <toml.hpp>
+
+#include "policy/address.hpp"
+
+namespace moat::policy {
+namespace {
+
+constexpr std::string_view kDefaultConfig = R"(# Moat embedded default configuration (`moat config default` prints it).
+# Runs as an ordinary user: loopback only, mail for example.test, spool in ./moat-spool.
+[server]
+listen = ["127.0.0.1:2525"]
+spool_dir = "moat-spool"
+max_message_size = "25M"
+max_recipients = 100
+max_sessions = 200
+max_sessions_per_ip = 20
+
+[tls]
+# No cert/key: an ephemeral self-signed certificate is generated at start.
+min_version = "1.2"
+require = false
+
+[relay]
+domains = ["example.test"]
+trusted_networks = []
+
+[[route]]
+domains = ["example.test"]
+host = "127.0.0.1:10025"
+tls = "opportunistic"
+)";
+
+using Value = toml::value;
+
+// Walks the TOML tree, converting values and recording "file:line: reason" for each problem.
+class Reader {
+ public:
+  explicit Reader(std::string file) : file_(std::move(file)) {}
+
+  void error(const Value& at, const std::string& msg) {
+    errors_.push_back(fmt::format("{}:{}: {}", file_, at.location().line(), msg));
+  }
+  void error_line(unsigned line, const std::string& msg) {
+    errors_.push_back(fmt::format("{}:{}: {}", file_, line, msg));
+  }
+  const std::vector<std::string>& errors() const { return errors_; }
+
+  // Reports every key of `table` that is not in `allowed`.
+  void known_keys(const Value& table, std::string_view where,
+                  std::initializer_list<std::string_view> allowed) {
+    for (const auto& [k, v] : table.as_table())
+      if (std::find(allowed.begin(), allowed.end(), k) == allowed.end())
+        error(v, fmt::format("unknown key '{}' in {}", k, where));
+  }
+
+  const Value* find(const Value& table, const std::string& key) {
+    const auto& t = table.as_table();
+    auto it = t.find(key);
+    return it == t.end() ? nullptr : &it->second;
+  }
+
+  void get(const Value& t, const std::string& key, std::string& out) {
+    if (auto* v = find(t, key)) {
+      if (v->is_string()) out = v->as_string().str;
+      else error(*v, fmt::format("'{}' must be a string", key));
+    }
+  }
+  void get(const Value& t, const std::string& key, bool& out) {
+    if (auto* v = find(t, key)) {
+      if (v->is_boolean()) out = v->as_boolean();
+      else error(*v, fmt::format("'{}' must be true or false", key));
+    }
+  }
+  void get(const Value& t, const std::string& key, double& out) {
+    if (auto* v = find(t, key)) {
+      if (v->is_floating()) out = v->as_floating();
+      else if (v->is_integer()) out = static_cast<double>(v->as_integer());
+      else error(*v, fmt::format("'{}' must be a number", key));
+    }
+  }
+  // A count: a positive integer within [min, max].
+  template <class T>
+  void get_count(const Value& t, const std::string& key, T& out, std::uint64_t min,
+                 std::uint64_t max) {
+    if (auto* v = find(t, key)) {
+      if (!v->is_integer() || v->as_integer() < 0 ||
+          static_cast<std::uint64_t>(v->as_integer()) < min ||
+          static_cast<std::uint64_t>(v->as_integer()) > max)
+        error(*v, fmt::format("'{}' must be an integer from {} to {}", key, min, max));
+      else
+        out = static_cast<T>(v->as_integer());
+    }
+  }
+  // A size: bytes as an integer, or a string with a binary suffix ("512K", "25M", "1G").
+  void get_size(const Value& t, const std::string& key, std::uint64_t& out) {
+    auto* v = find(t, key);
+    if (!v) return;
+    std::optional<std::uint64_t> n;
+    if (v->is_integer() && v->as_integer() > 0) n = v->as_integer();
+    if (v->is_string()) n = parse_scaled(v->as_string().str, {{'K', 1024}, {'M', 1 << 20}, {'G', 1 << 30}});
+    if (!n || *n == 0) error(*v, fmt::format("'{}' must be a size such as 26214400 or \"25M\"", key));
+    else out = *n;
+  }
+  // A duration: seconds as an integer, or a string "30s", "5m", "1h".
+  void get_duration(const Value& t, const std::string& key, std::chrono::seconds& out) {
+    auto* v = find(t, key);
+    if (!v) return;
+    std::optional<std::uint64_t> n;
+    if (v->is_integer() && v->as_integer() > 0) n = v->as_integer();
+    if (v->is_string()) n = parse_scaled(v->as_string().str, {{'s', 1}, {'m', 60}, {'h', 3600}});
+    if (!n || *n == 0 || *n > 7 * 86400)
+      error(*v, fmt::format("'{}' must be a duration such as 300 or \"5m\"", key));
+    else out = std::chrono::seconds(*n);
+  }
+  std::vector<std::string> get_strings(const Value& t, const std::string& key) {
+    std::vector<std::string> out;
+    auto* v = find(t, key);
+    if (!v) return out;
+    if (!v->is_array()) {
+      error(*v, fmt::format("'{}' must be an array of strings", key));
+      return out;
+    }
+    for (const auto& e : v->as_array()) {
+      if (e.is_string()) out.push_back(e.as_string().str);
+      else error(e, fmt::format("'{}' must hold only strings", key));
+    }
+    return out;
+  }
+
+ private:
+  static std::optional<std::uint64_t> parse_scaled(
+      const std::string& s, std::initializer_list<std::pair<char, std::uint64_t>> units) {
+    std::uint64_t n = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec != std::errc() || p == s.data()) return std::nullopt;
+    std::string_view rest(p, s.data() + s.size() - p);
+    if (rest.empty()) return n;
+    if (rest.size() != 1) return std::nullopt;
+    for (auto [c, mult] : units)
+      if (rest[0] == c || rest[0] == std::tolower(c) || rest[0] == std::toupper(c)) {
+        if (n > UINT64_MAX / mult) return std::nullopt;
+        return n * mult;
+      }
+    return std::nullopt;
+  }
+
+  std::string file_;
+  std::vector<std::string> errors_;
+};
+
+std::optional<Endpoint> parse_endpoint(std::string_view s) {
+  Endpoint e;
+  std::string_view host, port;
+  if (!s.empty() && s[0] == '[') {
+    auto close = s.find(']');
+    if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':')
+      return std::nullopt;
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else {
+    auto colon = s.rfind(':');
+    if (colon == std::string_view::npos || s.find(':') != colon) return std::nullopt;
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  }
+  if (!IpAddress::parse(host)) return std::nullopt;
+  unsigned p = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (ec != std::errc() || end != port.data() + port.size() || p == 0 || p > 65535)
+    return std::nullopt;
+  e.host = std::string(host);
+  e.port = static_cast<std::uint16_t>(p);
+  return e;
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+// Normalises a relay/route domain: lower case, no trailing dot; "" when invalid.
+std::string normalize_domain(const std::string& raw) {
+  std::string d = lower(raw);
+  if (!d.empty() && d.back() == '.') d.pop_back();
+  if (d.size() > 2 && d.front() == '[') return valid_address_literal(d) ? raw : "";
+  std::string_view body = d;
+  if (!body.empty() && body.front() == '.') body.remove_prefix(1);
+  return valid_domain(body, true) ? d : "";
+}
+
+std::vector<std::string> read_domains(Reader& r, const Value& t, const std::string& key) {
+  std::vector<std::string> out;
+  for (auto& d : r.get_strings(t, key)) {
+    auto n = normalize_domain(d);
+    if (n.empty()) r.error(*r.find(t, key), fmt::format("'{}' is not a valid domain", d));
+    else out.push_back(n);
+  }
+  return out;
+}
+
+std::string system_hostname() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == 0) return "localhost";
+  return buf;
+}
+
+void read_server(Reader& r, const Value& t, ServerConfig& s) {
+  r.known_keys(t, "[server]",
+               {"hostname", "listen", "spool_dir", "max_message_size", "max_recipients",
+                "max_sessions", "max_sessions_per_ip", "max_line_length", "max_bad_commands",
+                "command_timeout", "data_timeout", "max_session_time", "bare_newline", "user"});
+  r.get(t, "hostname", s.hostname);
+  if (!s.hostname.empty() && !valid_domain(s.hostname, false))
+    r.error(*r.find(t, "hostname"), fmt::format("'{}' is not a valid host name", s.hostname));
+  if (r.find(t, "listen")) {
+    s.listen.clear();
+    for (auto& l : r.get_strings(t, "listen")) {
+      if (auto e = parse_endpoint(l)) s.listen.push_back(*e);
+      else r.error(*r.find(t, "listen"), fmt::format("'{}' is not ADDRESS:PORT", l));
+    }
+    if (s.listen.empty()) r.error(*r.find(t, "listen"), "'listen' must name at least one address");
+  }
+  r.get(t, "spool_dir", s.spool_dir);
+  r.get_size(t, "max_message_size", s.max_message_size);
+  r.get_count(t, "max_recipients", s.max_recipients, 1, 100000);
+  r.get_count(t, "max_sessions", s.max_sessions, 1, 1000000);
+  r.get_count(t, "max_sessions_per_ip", s.max_sessions_per_ip, 1, 1000000);
+  r.get_count(t, "max_line_length", s.max_line_length, 1000, 1000000);
+  r.get_count(t, "max_bad_commands", s.max_bad_commands, 1, 1000);
+  r.get_duration(t, "command_timeout", s.command_timeout);
+  r.get_duration(t, "data_timeout", s.data_timeout);
+  r.get_duration(t, "max_session_time", s.max_session_time);
+  std::string bare = "reject";
+  r.get(t, "bare_newline", bare);
+  if (bare == "reject") s.bare_newline = BareNewline::Reject;
+  else if (bare == "normalize") s.bare_newline = BareNewline::Normalize;
+  else r.error(*r.find(t, "bare_newline"), "'bare_newline' must be \"reject\" or \"normalize\"");
+  r.get(t, "user", s.user);
+}
+
+void read_tls(Reader& r, const Value& t, TlsConfig& c) {
+  r.known_keys(t, "[tls]", {"cert", "key", "min_version", "require"});
+  r.get(t, "cert", c.cert);
+  r.get(t, "key", c.key);
+  r.get(t, "min_version", c.min_version);
+  r.get(t, "require", c.require);
+  if (c.min_version != "1.2" && c.min_version != "1.3")
+    r.error(*r.find(t, "min_version"), "'min_version' must be \"1.2\" or \"1.3\"");
+  if (c.cert.empty() != c.key.empty())
+    r.error(t, "'cert' and 'key' must be given together");
+  for (auto* key : {"cert", "key"}) {
+    const std::string& file = std::string_view(key) == "cert" ? c.cert : c.key;
+    if (!file.empty() && access(file.c_str(), R_OK) != 0)
+      r.error(*r.find(t, key), fmt::format("cannot read '{}'", file));
+  }
+}
+
+void read_relay(Reader& r, const Value& t, RelayConfig& c) {
+  r.known_keys(t, "[relay]", {"domains", "trusted_networks"});
+  if (r.find(t, "domains")) c.domains = read_domains(r, t, "domains");
+  if (r.find(t, "trusted_networks")) {
+    c.trusted_networks.clear();
+    for (auto& s : r.get_strings(t, "trusted_networks")) {
+      auto cidr = Cidr::parse(s);
+      const Value& at = *r.find(t, "trusted_networks");
+      if (!cidr) {
+        r.error(at, fmt::format("'{}' is not a network (CIDR such as 192.0.2.0/24)", s));
+      } else if (cidr->prefix_len() < (cidr->is_v4() ? 8 : 16)) {
+        // No shipped or accepted configuration may make Moat an open relay.
+        r.error(at, fmt::format("'{}' is too broad for trusted_networks: Moat would be an open "
+                                "relay (shortest allowed prefix: /8 IPv4, /16 IPv6)", s));
+      } else {
+        c.trusted_networks.push_back(*cidr);
+      }
+    }
+  }
+}
+
+void read_route(Reader& r, const Value& t, Route& route) {
+  r.known_keys(t, "[[route]]", {"domains", "host", "tls"});
+  route.domains = read_domains(r, t, "domains");
+  if (route.domains.empty()) r.error(t, "[[route]] needs 'domains'");
+  std::string host;
+  r.get(t, "host", host);
+  if (auto e = parse_endpoint(host)) route.host = *e;
+  else if (auto* v = r.find(t, "host")) r.error(*v, fmt::format("'{}' is not ADDRESS:PORT", host));
+  else r.error(t, "[[route]] needs 'host'");
+  std::string tls = "opportunistic";
+  r.get(t, "tls", tls);
+  if (tls == "none") route.tls = RouteTls::None;
+  else if (tls == "opportunistic") route.tls = RouteTls::Opportunistic;
+  else if (tls == "required") route.tls = RouteTls::Required;
+  else r.error(*r.find(t, "tls"), "'tls' must be \"none\", \"opportunistic\" or \"required\"");
+}
+
+void read_decider(Reader& r, const Value& t, DeciderConfig& d) {
+  r.known_keys(t, "[decider]", {"reject_score", "quarantine_score", "scores"});
+  r.get(t, "reject_score", d.reject_score);
+  r.get(t, "quarantine_score", d.quarantine_score);
+  if (auto* s = r.find(t, "scores")) {
+    if (!s->is_table()) {
+      r.error(*s, "'scores' must be a table of finding = score");
+    } else {
+      for (const auto& [name, v] : s->as_table()) {
+        if (v.is_floating()) d.scores[name] = v.as_floating();
+        else if (v.is_integer()) d.scores[name] = static_cast<double>(v.as_integer());
+        else r.error(v, fmt::format("score for '{}' must be a number", name));
+      }
+    }
+  }
+}
+
+Result<Config> load(std::istream& in, const std::string& name) {
+  Value root;
+  try {
+    root = toml::parse(in, name);
+  } catch (const toml::exception& e) {
+    // toml11 formats a multi-line report; its first line holds the reason.
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    if (what.rfind("[error] ", 0) == 0) what.erase(0, 8);
+    return Result<Config>::fail(fmt::format("{}:{}: {}", name, e.location().line(), what));
+  }
+  Reader r(name);
+  Config c;
+  c.source = name;
+  c.server.spool_dir = "/var/spool/moat";
+  c.server.listen = {{"127.0.0.1", 2525}};
+  r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "decider"});
+  auto section = [&](const char* key, auto fn) {
+    if (auto* v = r.find(root, key)) {
+      if (v->is_table()) fn(*v);
+      else r.error(*v, fmt::format("'{}' must be a table", key));
+    }
+  };
+  section("server", [&](const Value& v) { read_server(r, v, c.server); });
+  section("tls", [&](const Value& v) { read_tls(r, v, c.tls); });
+  section("relay", [&](const Value& v) { read_relay(r, v, c.relay); });
+  section("decider", [&](const Value& v) { read_decider(r, v, c.decider); });
+  if (auto* v = r.find(root, "route")) {
+    if (!v->is_array()) {
+      r.error(*v, "'route' must be an array of tables: [[route]]");
+    } else {
+      for (const auto& t : v->as_array()) {
+        if (!t.is_table()) {
+          r.error(t, "'route' entries must be tables");
+          continue;
+        }
+        c.routes.emplace_back();
+        read_route(r, t, c.routes.back());
+      }
+    }
+  }
+  if (c.server.hostname.empty()) c.server.hostname = system_hostname();
+  if (c.relay.domains.empty() && c.relay.trusted_networks.empty())
+    r.error_line(1, "relay.domains is empty and there are no trusted_networks: no mail would be "
+                    "accepted");
+  if (!r.errors().empty()) {
+    std::string all;
+    for (const auto& e : r.errors()) all += (all.empty() ? "" : "\n") + e;
+    return Result<Config>::fail(all);
+  }
+  return c;
+}
+
+}  // namespace
+
+std::string Endpoint::to_string() const {
+  return host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
+                                             : fmt::format("{}:{}", host, port);
+}
+
+std::string_view default_config_text() { return kDefaultConfig; }
+
+Result<Config> load_config_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Result<Config>::fail(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  return load(in, path);
+}
+
+Result<Config> load_config_text(std::string_view text, const std::string& name) {
+  std::istringstream in{std::string(text)};
+  return load(in, name);
+}
+
+}  // namespace moat::policy

@@ -1,0 +1,87 @@
+// Moat's configuration: one TOML file, validated once at load and then shared read-only.
+// Every key is known; an unknown key or a bad value is an error that names file:line, never a
+// silent default. load_config() collects every error rather than stopping at the first.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "policy/network.hpp"
+#include "policy/result.hpp"
+
+namespace moat::policy {
+
+struct Endpoint {
+  std::string host;  // "127.0.0.1", "::1"
+  std::uint16_t port = 0;
+  std::string to_string() const;
+};
+
+enum class BareNewline { Reject, Normalize };
+enum class RouteTls { None, Opportunistic, Required };
+
+struct ServerConfig {
+  std::string hostname;                  // default: the system's host name
+  std::vector<Endpoint> listen;
+  std::string spool_dir;
+  std::uint64_t max_message_size = 25 * 1024 * 1024;
+  std::size_t max_recipients = 100;      // RFC 5321 §4.5.3.1.8 minimum
+  std::size_t max_sessions = 1000;
+  std::size_t max_sessions_per_ip = 20;
+  std::size_t max_line_length = 1000;    // text line incl. CRLF, RFC 5321 §4.5.3.1.6
+  std::size_t max_bad_commands = 10;     // then 421 and disconnect
+  std::chrono::seconds command_timeout{300};  // RFC 5321 §4.5.3.2.7
+  std::chrono::seconds data_timeout{180};     // between data blocks, §4.5.3.2.5
+  std::chrono::seconds max_session_time{3600};
+  BareNewline bare_newline = BareNewline::Reject;
+  std::string user;                      // drop to this user after binding (when root)
+};
+
+struct TlsConfig {
+  std::string cert;  // PEM chain; empty: an ephemeral self-signed certificate is made at start
+  std::string key;
+  std::string min_version = "1.2";  // "1.2" or "1.3"
+  bool require = false;             // refuse MAIL before STARTTLS
+};
+
+struct RelayConfig {
+  // Recipient domains accepted from anyone: lower case, no trailing dot. ".example.test"
+  // also matches every subdomain; "[192.0.2.1]" accepts that address literal.
+  std::vector<std::string> domains;
+  std::vector<Cidr> trusted_networks;  // may relay anywhere
+};
+
+struct Route {
+  std::vector<std::string> domains;
+  Endpoint host;
+  RouteTls tls = RouteTls::Opportunistic;
+};
+
+struct DeciderConfig {
+  double reject_score = 15;
+  double quarantine_score = 10;
+  std::map<std::string, double, std::less<>> scores;  // per-finding score overrides
+};
+
+struct Config {
+  std::string source;  // file name, or "<embedded default>"
+  ServerConfig server;
+  TlsConfig tls;
+  RelayConfig relay;
+  std::vector<Route> routes;
+  DeciderConfig decider;
+};
+
+// The configuration `moat serve` runs with when no --config is given: an ordinary user can start
+// it and send mail to it at once. It is also what `moat config default` prints.
+std::string_view default_config_text();
+
+// Parses and validates. On failure the Error holds one "file:line: reason" per line.
+Result<Config> load_config_file(const std::string& path);
+Result<Config> load_config_text(std::string_view text, const std::string& name);
+
+}  // namespace moat::policy
