@@ -13,6 +13,7 @@
 #include <asio/thread_pool.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -102,16 +103,25 @@ int serve(const std::vector<std::string>& args) {
                gateway::kv(cfg.server.spool_dir), recovered.queued, recovered.incomplete,
                recovered.corrupt);
 
+  // SIGTERM/SIGINT: stop accepting, give sessions under way up to 10 s, then stop. A message
+  // that has not had its 250 is not lost: the client still holds it and will retry.
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  std::function<void(std::error_code)> wait_drained = [&](std::error_code) {
+    if (server.sessions() == 0 || std::chrono::steady_clock::now() >= give_up) {
+      io.stop();
+      return;
+    }
+    drain.expires_after(std::chrono::milliseconds(50));
+    drain.async_wait(wait_drained);
+  };
   signals.async_wait([&](std::error_code ec, int sig) {
     if (ec) return;
     spdlog::info("event=stopping signal={} sessions={}", sig, server.sessions());
     server.stop();
-    // Sessions under way get a short grace period; a message without its 250 is not lost:
-    // the client still holds it and will retry.
-    drain.expires_after(std::chrono::seconds(10));
-    drain.async_wait([&](std::error_code) { io.stop(); });
+    give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    wait_drained({});
   });
   server.start();
   std::string listen;

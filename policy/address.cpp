@@ -78,6 +78,8 @@ bool valid_domain(std::string_view d, bool allow_utf8) {
 bool valid_address_literal(std::string_view lit) {
   if (lit.size() < 3 || lit.front() != '[' || lit.back() != ']') return false;
   std::string inner(lit.substr(1, lit.size() - 2));
+  // inet_pton reads a C string: an embedded NUL would hide whatever follows it.
+  if (inner.find('\0') != std::string::npos) return false;
   unsigned char buf[16];
   if (inner.size() > 5 && std::equal(inner.begin(), inner.begin() + 5, "IPv6:",
                                      [](char a, char b) { return (a | 0x20) == (b | 0x20); }))
@@ -147,12 +149,13 @@ ParsedPath parse_path(std::string_view text, bool smtputf8) {
     if (colon == std::string_view::npos) return fail(PathError::Syntax, "bad source route");
     auto route = s.substr(0, colon);
     std::size_t start = 0;
-    while (start < route.size()) {
+    while (true) {  // every hop, including an empty one after a trailing ","
       auto end = route.find(',', start);
       if (end == std::string_view::npos) end = route.size();
       auto hop = route.substr(start, end - start);
       if (hop.size() < 2 || hop[0] != '@' || !valid_domain(hop.substr(1), smtputf8))
         return fail(PathError::Syntax, "bad source route");
+      if (end == route.size()) break;
       start = end + 1;
     }
     r.path.source_route = true;

@@ -121,8 +121,14 @@ class Reader {
       error(*v, fmt::format("'{}' must be a duration such as 300 or \"5m\"", key));
     else out = std::chrono::seconds(*n);
   }
-  std::vector<std::string> get_strings(const Value& t, const std::string& key) {
-    std::vector<std::string> out;
+  // The strings of an array, each with its own value so that an error about one entry names
+  // that entry's line (arrays often span several lines).
+  struct Item {
+    std::string str;
+    const Value* at;
+  };
+  std::vector<Item> get_strings(const Value& t, const std::string& key) {
+    std::vector<Item> out;
     auto* v = find(t, key);
     if (!v) return out;
     if (!v->is_array()) {
@@ -130,7 +136,7 @@ class Reader {
       return out;
     }
     for (const auto& e : v->as_array()) {
-      if (e.is_string()) out.push_back(e.as_string().str);
+      if (e.is_string()) out.push_back({e.as_string().str, &e});
       else error(e, fmt::format("'{}' must hold only strings", key));
     }
     return out;
@@ -199,9 +205,9 @@ std::string normalize_domain(const std::string& raw) {
 
 std::vector<std::string> read_domains(Reader& r, const Value& t, const std::string& key) {
   std::vector<std::string> out;
-  for (auto& d : r.get_strings(t, key)) {
+  for (auto& [d, at] : r.get_strings(t, key)) {
     auto n = normalize_domain(d);
-    if (n.empty()) r.error(*r.find(t, key), fmt::format("'{}' is not a valid domain", d));
+    if (n.empty()) r.error(*at, fmt::format("'{}' is not a valid domain", d));
     else out.push_back(n);
   }
   return out;
@@ -223,9 +229,9 @@ void read_server(Reader& r, const Value& t, ServerConfig& s) {
     r.error(*r.find(t, "hostname"), fmt::format("'{}' is not a valid host name", s.hostname));
   if (r.find(t, "listen")) {
     s.listen.clear();
-    for (auto& l : r.get_strings(t, "listen")) {
+    for (auto& [l, at] : r.get_strings(t, "listen")) {
       if (auto e = parse_endpoint(l)) s.listen.push_back(*e);
-      else r.error(*r.find(t, "listen"), fmt::format("'{}' is not ADDRESS:PORT", l));
+      else r.error(*at, fmt::format("'{}' is not ADDRESS:PORT", l));
     }
     if (s.listen.empty()) r.error(*r.find(t, "listen"), "'listen' must name at least one address");
   }
@@ -269,9 +275,9 @@ void read_relay(Reader& r, const Value& t, RelayConfig& c) {
   if (r.find(t, "domains")) c.domains = read_domains(r, t, "domains");
   if (r.find(t, "trusted_networks")) {
     c.trusted_networks.clear();
-    for (auto& s : r.get_strings(t, "trusted_networks")) {
+    for (auto& [s, entry] : r.get_strings(t, "trusted_networks")) {
       auto cidr = Cidr::parse(s);
-      const Value& at = *r.find(t, "trusted_networks");
+      const Value& at = *entry;
       if (!cidr) {
         r.error(at, fmt::format("'{}' is not a network (CIDR such as 192.0.2.0/24)", s));
       } else if (cidr->prefix_len() < (cidr->is_v4() ? 8 : 16)) {

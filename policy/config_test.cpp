@@ -1,1 +1,462 @@
+// Tests for policy/config.hpp: the embedded default, value conversion, and "file:line: reason"
+// errors (every error reported, each naming the line that holds the offending key or value).
+#include "policy/config.hpp"
+
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moat::policy {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A minimal valid configuration (one relay domain, so no "no mail would be accepted" error);
+// test snippets are appended after it, so their line numbers start at kBaseLines + 1.
+constexpr std::string_view kBase = "[relay]\ndomains = [\"example.test\"]\n";
+constexpr int kBaseLines = 2;
+
+std::vector<std::string> error_lines(const std::string& message) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= message.size()) {
+    auto nl = message.find('\n', start);
+    if (nl == std::string::npos) nl = message.size();
+    out.push_back(message.substr(start, nl - start));
+    start = nl + 1;
+  }
+  return out;
+}
+
+// True when one error line is exactly "name:line: ..." and mentions `needle`.
+bool has_error(const std::vector<std::string>& errors, const std::string& name, int line,
+               std::string_view needle) {
+  const std::string prefix = name + ":" + std::to_string(line) + ": ";
+  for (const auto& e : errors)
+    if (e.rfind(prefix, 0) == 0 && e.size() > prefix.size() &&
+        e.find(needle, prefix.size()) != std::string::npos)
+      return true;
+  return false;
+}
+
+TEST_CASE("the embedded default configuration loads") {
+  auto r = load_config_text(default_config_text(), "<embedded default>");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  const Config& c = *r;
+  CHECK(c.source == "<embedded default>");
+  // What `moat serve` needs to run as an ordinary user: loopback only, example.test.
+  REQUIRE(c.server.listen.size() == 1);
+  CHECK(c.server.listen[0].host == "127.0.0.1");
+  CHECK(c.server.listen[0].port == 2525);
+  CHECK(c.server.listen[0].to_string() == "127.0.0.1:2525");
+  CHECK(c.relay.domains == std::vector<std::string>{"example.test"});
+  CHECK(c.relay.trusted_networks.empty());
+  CHECK(c.server.spool_dir == "moat-spool");
+  CHECK(c.server.max_message_size == 25u * 1024 * 1024);  // "25M", binary suffix
+  CHECK(c.server.max_recipients == 100);
+  CHECK(c.tls.cert.empty());
+  CHECK(c.tls.key.empty());
+  CHECK(c.tls.min_version == "1.2");
+  CHECK_FALSE(c.tls.require);
+  REQUIRE(c.routes.size() == 1);
+  CHECK(c.routes[0].domains == std::vector<std::string>{"example.test"});
+  CHECK(c.routes[0].host.to_string() == "127.0.0.1:10025");
+  CHECK(c.routes[0].tls == RouteTls::Opportunistic);
+  CHECK_FALSE(c.server.hostname.empty());  // the system's host name when not configured
+}
+
+TEST_CASE("a configuration without keys takes the documented defaults") {
+  auto r = load_config_text(kBase, "min.toml");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  const ServerConfig& s = r->server;
+  CHECK(s.max_line_length == 1000);       // RFC 5321 §4.5.3.1.6
+  CHECK(s.max_recipients == 100);         // RFC 5321 §4.5.3.1.8
+  CHECK(s.command_timeout == 300s);       // RFC 5321 §4.5.3.2.7
+  CHECK(s.data_timeout == 180s);
+  CHECK(s.bare_newline == BareNewline::Reject);
+  CHECK(r->decider.reject_score == 15);
+  CHECK(r->decider.quarantine_score == 10);
+}
+
+TEST_CASE("values are converted: sizes, durations, endpoints, domains, networks, scores") {
+  constexpr std::string_view text = R"(
+[server]
+hostname = "mx.example.test"
+listen = ["0.0.0.0:25", "[::1]:2525", "::"]
+max_message_size = "512K"
+command_timeout = "5m"
+data_timeout = "30s"
+max_session_time = "1h"
+bare_newline = "normalize"
+max_recipients = 1000
+
+[relay]
+domains = ["Example.TEST.", ".Sub.Example.TEST", "[192.0.2.1]"]
+trusted_networks = ["192.0.2.0/24", "2001:db8::/32", "10.0.0.0/8", "2001::/16"]
+
+[decider]
+reject_score = 20
+quarantine_score = 7.5
+[decider.scores]
+"spf.fail" = 4
+"rule.phish_url" = 12.5
+)";
+  // "::" as ADDRESS:PORT is ambiguous and must be refused; check it alone first.
+  {
+    auto r = load_config_text(text, "v.toml");
+    REQUIRE_FALSE(r.ok());
+    auto errors = error_lines(r.error().message);
+    CAPTURE(r.error().message);
+    CHECK(errors.size() == 1);
+    CHECK(has_error(errors, "v.toml", 4, "'::'"));
+  }
+  std::string fixed(text);
+  fixed.replace(fixed.find(", \"::\"]"), 7, "]");
+  auto r = load_config_text(fixed, "v.toml");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  const Config& c = *r;
+  CHECK(c.server.hostname == "mx.example.test");
+  REQUIRE(c.server.listen.size() == 2);
+  CHECK(c.server.listen[0].host == "0.0.0.0");
+  CHECK(c.server.listen[0].port == 25);
+  CHECK(c.server.listen[1].host == "::1");
+  CHECK(c.server.listen[1].port == 2525);
+  CHECK(c.server.listen[1].to_string() == "[::1]:2525");
+  CHECK(c.server.max_message_size == 512u * 1024);
+  CHECK(c.server.command_timeout == 5min);
+  CHECK(c.server.data_timeout == 30s);
+  CHECK(c.server.max_session_time == 1h);
+  CHECK(c.server.bare_newline == BareNewline::Normalize);
+  CHECK(c.server.max_recipients == 1000);
+  // Relay domains: lower case, no trailing dot (RelayConfig's contract).
+  CHECK(c.relay.domains ==
+        std::vector<std::string>{"example.test", ".sub.example.test", "[192.0.2.1]"});
+  REQUIRE(c.relay.trusted_networks.size() == 4);
+  CHECK(c.relay.trusted_networks[0].to_string() == "192.0.2.0/24");
+  CHECK(c.relay.trusted_networks[1].to_string() == "2001:db8::/32");
+  CHECK(c.decider.reject_score == 20);
+  CHECK(c.decider.quarantine_score == 7.5);
+  CHECK(c.decider.scores.size() == 2);
+  CHECK(c.decider.scores.at("spf.fail") == 4);
+  CHECK(c.decider.scores.at("rule.phish_url") == 12.5);
+}
+
+TEST_CASE("sizes accept bytes or a binary K/M/G suffix") {
+  struct Row {
+    std::string value;  // TOML value text
+    bool ok;
+    std::uint64_t bytes;
+  };
+  // clang-format off
+  const Row rows[] = {
+    {"\"25M\"", true, 25ull << 20},
+    {"\"512K\"", true, 512ull << 10},
+    {"\"1G\"", true, 1ull << 30},
+    {"\"1000\"", true, 1000},
+    {"26214400", true, 26214400},
+    {"1", true, 1},
+    {"0", false, 0},
+    {"-5", false, 0},
+    {"\"0M\"", false, 0},
+    {"\"25MB\"", false, 0},
+    {"\"25 M\"", false, 0},
+    {"\"1.5M\"", false, 0},
+    {"\"M\"", false, 0},
+    {"\"\"", false, 0},
+    {"\"25T\"", false, 0},
+    {"\"-1K\"", false, 0},
+    {"\"99999999999999999999G\"", false, 0},   // the number overflows 64 bits
+    {"\"17179869184G\"", false, 0},            // 2^34 GiB = 2^64 octets: the product overflows
+    {"true", false, 0},
+    {"2.5", false, 0},
+  };
+  // clang-format on
+  for (const auto& row : rows) {
+    CAPTURE(row.value);
+    std::string text = std::string(kBase) + "[server]\nmax_message_size = " + row.value + "\n";
+    auto r = load_config_text(text, "size.toml");
+    CHECK(r.ok() == row.ok);
+    if (r.ok() && row.ok) CHECK(r->server.max_message_size == row.bytes);
+    if (!r.ok() && !row.ok) {
+      CAPTURE(r.error().message);
+      auto errors = error_lines(r.error().message);
+      CHECK(errors.size() == 1);
+      CHECK(has_error(errors, "size.toml", kBaseLines + 2, "max_message_size"));
+    }
+  }
+}
+
+TEST_CASE("durations accept seconds or an s/m/h suffix, up to 7 days") {
+  struct Row {
+    std::string value;
+    bool ok;
+    std::chrono::seconds duration;
+  };
+  // clang-format off
+  const Row rows[] = {
+    {"\"5m\"", true, 300s},
+    {"\"30s\"", true, 30s},
+    {"\"1h\"", true, 3600s},
+    {"\"168h\"", true, 168h},          // exactly 7 days
+    {"\"90\"", true, 90s},
+    {"120", true, 120s},
+    {"604800", true, 604800s},
+    {"604801", false, 0s},
+    {"\"169h\"", false, 0s},
+    {"0", false, 0s},
+    {"\"0s\"", false, 0s},
+    {"-5", false, 0s},
+    {"\"5x\"", false, 0s},
+    {"\"5 m\"", false, 0s},
+    {"\"5min\"", false, 0s},
+    {"\"m\"", false, 0s},
+    {"\"\"", false, 0s},
+    {"1.5", false, 0s},
+    {"false", false, 0s},
+  };
+  // clang-format on
+  for (const auto& row : rows) {
+    CAPTURE(row.value);
+    std::string text = std::string(kBase) + "[server]\ncommand_timeout = " + row.value + "\n";
+    auto r = load_config_text(text, "dur.toml");
+    CHECK(r.ok() == row.ok);
+    if (r.ok() && row.ok) CHECK(r->server.command_timeout == row.duration);
+    if (!r.ok() && !row.ok) {
+      CAPTURE(r.error().message);
+      auto errors = error_lines(r.error().message);
+      CHECK(errors.size() == 1);
+      CHECK(has_error(errors, "dur.toml", kBaseLines + 2, "command_timeout"));
+    }
+  }
+}
+
+TEST_CASE("each unknown key or bad value is one error naming its exact line") {
+  struct Row {
+    std::string snippet;  // appended after kBase; its first line is kBaseLines + 1
+    int line;             // the line the error must name
+    std::string needle;   // what the reason must mention
+  };
+  // clang-format off
+  const Row rows[] = {
+    // Unknown keys, at every level.
+    {"[server]\nlisten = [\"127.0.0.1:2525\"]\nbogus = 1\n", kBaseLines + 3, "bogus"},
+    {"\nlisten_port = 25\n[server]\n", kBaseLines + 2, "listen_port"},   // inside kBase's [relay]
+    {"[tls]\nmin_version = \"1.3\"\nciphers = \"x\"\n", kBaseLines + 3, "ciphers"},
+    {"[decider]\n\nreject = 5\n", kBaseLines + 3, "reject"},
+    {"[[route]]\ndomains = [\"example.test\"]\nhost = \"127.0.0.1:10025\"\nport = 25\n", kBaseLines + 4, "port"},
+    {"[server.limits]\nx = 1\n", kBaseLines + 1, "limits"},
+    // Bad values in [server].
+    {"[server]\nhostname = \"bad host\"\n", kBaseLines + 2, "bad host"},
+    {"[server]\nhostname = 5\n", kBaseLines + 2, "hostname"},
+    {"[server]\nlisten = [\"localhost:25\"]\n", kBaseLines + 2, "localhost:25"},
+    {"[server]\nlisten = [\"127.0.0.1\"]\n", kBaseLines + 2, "127.0.0.1"},
+    {"[server]\nlisten = [\"127.0.0.1:0\"]\n", kBaseLines + 2, "127.0.0.1:0"},
+    {"[server]\nlisten = [\"127.0.0.1:65536\"]\n", kBaseLines + 2, "127.0.0.1:65536"},
+    {"[server]\nlisten = []\n", kBaseLines + 2, "listen"},
+    {"[server]\nlisten = \"127.0.0.1:25\"\n", kBaseLines + 2, "listen"},
+    {"[server]\nlisten = [25]\n", kBaseLines + 2, "listen"},
+    {"[server]\nmax_recipients = 0\n", kBaseLines + 2, "max_recipients"},
+    {"[server]\nmax_recipients = \"100\"\n", kBaseLines + 2, "max_recipients"},
+    {"[server]\nmax_sessions = -1\n", kBaseLines + 2, "max_sessions"},
+    {"[server]\nmax_line_length = 999\n", kBaseLines + 2, "max_line_length"},   // RFC 5321 minimum is 1000
+    {"[server]\nbare_newline = \"allow\"\n", kBaseLines + 2, "bare_newline"},
+    {"[server]\nspool_dir = 1\n", kBaseLines + 2, "spool_dir"},
+    // A section that is not a table.
+    {"[tls]\n[decider]\nscores = { a = 1 }\n[[server]]\nx = 1\n", kBaseLines + 4, "server"},
+    // [tls].
+    {"[tls]\nmin_version = \"1.1\"\n", kBaseLines + 2, "min_version"},
+    {"[tls]\nrequire = \"yes\"\n", kBaseLines + 2, "require"},
+    {"[tls]\ncert = \"/nonexistent/moat-test/cert.pem\"\nkey = \"/nonexistent/moat-test/key.pem\"\n", kBaseLines + 2, "/nonexistent/moat-test/cert.pem"},
+    {"[tls]\ncert = \"/nonexistent/moat-test/cert.pem\"\nkey = \"/nonexistent/moat-test/key.pem\"\n", kBaseLines + 3, "/nonexistent/moat-test/key.pem"},
+    // [relay]: after kBase's [relay] table a second one is a TOML error, so use dotted keys.
+    {"[server]\n[relay.x]\n", kBaseLines + 2, "x"},
+    // [[route]].
+    {"[[route]]\ndomains = [\"example.test\"]\nhost = \"127.0.0.1:10025\"\ntls = \"sometimes\"\n", kBaseLines + 4, "tls"},
+    {"[[route]]\ndomains = [\"example.test\"]\nhost = \"mx.example.test:25\"\n", kBaseLines + 3, "mx.example.test:25"},
+    {"[[route]]\ndomains = [\"exa mple.test\"]\nhost = \"127.0.0.1:10025\"\n", kBaseLines + 2, "exa mple.test"},
+    // [decider].
+    {"[decider]\nreject_score = \"high\"\n", kBaseLines + 2, "reject_score"},
+    {"[decider]\nscores = 5\n", kBaseLines + 2, "scores"},
+    {"[decider.scores]\n\"spf.fail\" = 1\n\"rule.x\" = \"lots\"\n", kBaseLines + 3, "rule.x"},
+  };
+  // clang-format on
+  for (const auto& row : rows) {
+    std::string text = std::string(kBase) + row.snippet;
+    CAPTURE(text);
+    auto r = load_config_text(text, "bad.toml");
+    REQUIRE_FALSE(r.ok());
+    CAPTURE(r.error().message);
+    auto errors = error_lines(r.error().message);
+    CHECK(has_error(errors, "bad.toml", row.line, row.needle));
+  }
+}
+
+TEST_CASE("bad relay entries name the line of the entry, in one-line and multi-line arrays") {
+  struct Row {
+    std::string relay;  // the [relay] table
+    int line;           // 1-based line of the bad entry within `relay`
+    std::string needle;
+  };
+  // clang-format off
+  const Row rows[] = {
+    {"[relay]\ndomains = [\"example.test\", \"bad..domain\"]\n", 2, "bad..domain"},
+    {"[relay]\ndomains = [\n  \"example.test\",\n  \"-bad.test\",\n]\n", 4, "-bad.test"},
+    {"[relay]\ndomains = [\"example.test\"]\ntrusted_networks = [\"10.1.2.3/8\"]\n", 3, "10.1.2.3/8"},
+    {"[relay]\ndomains = [\"example.test\"]\ntrusted_networks = [\n  \"10.0.0.0/8\",\n  \"192.0.2.0/33\",\n]\n", 5, "192.0.2.0/33"},
+    {"[relay]\ndomains = [\"example.test\"]\ntrusted_networks = [\"example.test\"]\n", 3, "example.test"},
+  };
+  // clang-format on
+  for (const auto& row : rows) {
+    CAPTURE(row.relay);
+    auto r = load_config_text(row.relay, "relay.toml");
+    REQUIRE_FALSE(r.ok());
+    CAPTURE(r.error().message);
+    auto errors = error_lines(r.error().message);
+    CHECK(errors.size() == 1);
+    CHECK(has_error(errors, "relay.toml", row.line, row.needle));
+  }
+}
+
+TEST_CASE("trusted_networks that would make an open relay are refused") {
+  struct Row {
+    std::string network;
+    bool ok;
+  };
+  // clang-format off
+  const Row rows[] = {
+    {"0.0.0.0/0", false},
+    {"::/0", false},
+    {"0.0.0.0/1", false},
+    {"128.0.0.0/1", false},
+    {"10.0.0.0/7", false},     // shorter than /8
+    {"2000::/3", false},       // most of the IPv6 Internet
+    {"2000::/15", false},
+    {"10.0.0.0/8", true},      // the shortest allowed IPv4 prefix
+    {"2001::/16", true},       // the shortest allowed IPv6 prefix
+    {"192.0.2.1", true},
+  };
+  // clang-format on
+  for (const auto& row : rows) {
+    CAPTURE(row.network);
+    std::string text = "[relay]\ndomains = [\"example.test\"]\ntrusted_networks = [\"" +
+                       row.network + "\"]\n";
+    auto r = load_config_text(text, "open.toml");
+    CHECK(r.ok() == row.ok);
+    if (!r.ok() && !row.ok) {
+      CAPTURE(r.error().message);
+      CHECK(has_error(error_lines(r.error().message), "open.toml", 3, row.network));
+    }
+  }
+  // Trusted networks alone (no domains) are still refused when too broad.
+  auto r = load_config_text("[relay]\ntrusted_networks = [\"0.0.0.0/0\"]\n", "open.toml");
+  REQUIRE_FALSE(r.ok());
+  CHECK(has_error(error_lines(r.error().message), "open.toml", 2, "0.0.0.0/0"));
+}
+
+TEST_CASE("no relay domains and no trusted networks is an error") {
+  auto r = load_config_text("[server]\nmax_recipients = 5\n", "empty.toml");
+  REQUIRE_FALSE(r.ok());
+  auto errors = error_lines(r.error().message);
+  CHECK(errors.size() == 1);
+  CHECK(errors[0].rfind("empty.toml:", 0) == 0);
+  CHECK(errors[0].find("relay.domains") != std::string::npos);
+}
+
+TEST_CASE("several errors are all reported, each with its own line") {
+  constexpr std::string_view text =
+      "[server]\n"                           // 1
+      "max_recipients = 0\n"                 // 2  bad value
+      "frobnicate = true\n"                  // 3  unknown key
+      "command_timeout = \"5x\"\n"           // 4  bad duration
+      "\n"                                   // 5
+      "[tls]\n"                              // 6
+      "min_version = \"1.0\"\n"              // 7  bad value
+      "\n"                                   // 8
+      "[relay]\n"                            // 9
+      "domains = [\"example.test\"]\n"       // 10
+      "trusted_networks = [\"0.0.0.0/0\"]\n" // 11 open relay
+      "\n"                                   // 12
+      "[decider]\n"                          // 13
+      "reject_score = \"x\"\n";              // 14 bad value
+  auto r = load_config_text(text, "many.toml");
+  REQUIRE_FALSE(r.ok());
+  CAPTURE(r.error().message);
+  auto errors = error_lines(r.error().message);
+  CHECK(errors.size() == 6);
+  CHECK(has_error(errors, "many.toml", 2, "max_recipients"));
+  CHECK(has_error(errors, "many.toml", 3, "frobnicate"));
+  CHECK(has_error(errors, "many.toml", 4, "command_timeout"));
+  CHECK(has_error(errors, "many.toml", 7, "min_version"));
+  CHECK(has_error(errors, "many.toml", 11, "0.0.0.0/0"));
+  CHECK(has_error(errors, "many.toml", 14, "reject_score"));
+}
+
+TEST_CASE("a TOML syntax error reports file:line") {
+  struct Row {
+    std::string text;
+    int line;
+  };
+  // clang-format off
+  const Row rows[] = {
+    {"[relay]\ndomains = [\"example.test\"]\n\nthis is not toml\n", 4},
+    {"[server]\nmax_recipients = 1\nmax_recipients = 2\n[relay]\ndomains = [\"example.test\"]\n", 3},
+    {"[relay\ndomains = [\"example.test\"]\n", 1},
+    {"[relay]\ndomains = [\"example.test\"]\n[server]\nhostname = \"unterminated\n", 4},
+  };
+  // clang-format on
+  for (const auto& row : rows) {
+    CAPTURE(row.text);
+    auto r = load_config_text(row.text, "syntax.toml");
+    REQUIRE_FALSE(r.ok());
+    CAPTURE(r.error().message);
+    auto errors = error_lines(r.error().message);
+    CHECK(errors.size() == 1);  // one line, not toml11's multi-line report
+    const std::string prefix = "syntax.toml:" + std::to_string(row.line) + ": ";
+    CHECK(errors[0].rfind(prefix, 0) == 0);
+    CHECK(errors[0].size() > prefix.size());
+  }
+}
+
+TEST_CASE("load_config_file names the file in errors") {
+  char dir_template[] = "/tmp/moat-config-test-XXXXXX";
+  const char* dir = mkdtemp(dir_template);
+  REQUIRE(dir != nullptr);
+  const std::string path = std::string(dir) + "/moat.toml";
+  {
+    std::ofstream out(path);
+    out << "[relay]\ndomains = [\"example.test\"]\n[server]\nmax_sessions = 0\n";
+  }
+  auto r = load_config_file(path);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.rfind(path + ":4: ", 0) == 0);
+  {
+    std::ofstream out(path);
+    out << "[relay]\ndomains = [\"example.test\"]\n= 5\n";
+  }
+  r = load_config_file(path);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.rfind(path + ":3: ", 0) == 0);
+  {
+    std::ofstream out(path);
+    out << default_config_text();
+  }
+  r = load_config_file(path);
+  REQUIRE(r.ok());
+  CHECK(r->source == path);
+  ::unlink(path.c_str());
+  auto missing = load_config_file(path);
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().message.rfind(path + ": ", 0) == 0);
+  ::rmdir(dir);
+}
+
+}  // namespace
+}  // namespace moat::policy

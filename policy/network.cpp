@@ -9,6 +9,8 @@ namespace moat::policy {
 
 std::optional<IpAddress> IpAddress::parse(std::string_view text) {
   if (text.empty() || text.size() > 64) return std::nullopt;
+  // inet_pton reads a C string: an embedded NUL would hide whatever follows it.
+  if (text.find('\0') != std::string_view::npos) return std::nullopt;
   std::string s(text);
   IpAddress ip;
   if (inet_pton(AF_INET, s.c_str(), ip.bytes_.data()) == 1) {
@@ -43,9 +45,10 @@ std::optional<Cidr> Cidr::parse(std::string_view text) {
   int len = max;
   if (slash != std::string_view::npos) {
     auto digits = text.substr(slash + 1);
+    // Digits only: from_chars into an int would also take a sign ("/-0").
+    if (digits.empty() || digits.front() < '0' || digits.front() > '9') return std::nullopt;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), len);
-    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || len < 0 ||
-        len > max)
+    if (ec != std::errc() || end != digits.data() + digits.size() || len < 0 || len > max)
       return std::nullopt;
   }
   Cidr c;

@@ -21,6 +21,12 @@ asio::awaitable<Verdict> Pipeline::run(Stage stage, MessageContext& ctx) const {
       // a finding so that the log line says what happened.
       ctx.add_finding("internal.check_error", 0, std::string(check->name()) + ": " + e.what());
       v = Verdict::tempfail(451, "4.3.0", "Temporary internal error, try again later");
+    } catch (...) {
+      // Not a std::exception (a library's own type, a thrown int): the same fail-safe answer,
+      // so that run() keeps its promise never to throw.
+      ctx.add_finding("internal.check_error", 0,
+                      std::string(check->name()) + ": unknown exception");
+      v = Verdict::tempfail(451, "4.3.0", "Temporary internal error, try again later");
     }
     if (v.action == Action::Accept) break;  // permit: the rest of this stage is skipped
     if (v.final()) {

@@ -29,8 +29,10 @@ bool RelayCheck::is_local_domain(std::string_view domain) const {
   std::string d = lower(domain);
   if (!d.empty() && d.back() == '.') d.pop_back();
   if (std::find(exact_.begin(), exact_.end(), d) != exact_.end()) return true;
+  // ".example.test" matches example.test itself and every subdomain (config.hpp, README).
   return std::any_of(suffixes_.begin(), suffixes_.end(), [&](const std::string& s) {
-    return d.size() > s.size() && d.compare(d.size() - s.size(), s.size(), s) == 0;
+    if (d.size() > s.size()) return d.compare(d.size() - s.size(), s.size(), s) == 0;
+    return d.size() + 1 == s.size() && s.compare(1, d.size(), d) == 0;
   });
 }
 
@@ -46,7 +48,9 @@ Verdict RelayCheck::decide(const SessionInfo& session, const Path& rcpt) const {
     return relay_denied("address literal is not ours");
   bool trusted = std::any_of(trusted_.begin(), trusted_.end(),
                              [&](const Cidr& c) { return c.contains(session.client_ip); });
-  if (trusted || is_local_domain(m.domain)) return Verdict::accept();
+  // Relaying is allowed: no opinion, so that the stage's other checks (recipient validation,
+  // rate limits) still run after this one. Accept would end the stage here.
+  if (trusted || is_local_domain(m.domain)) return Verdict::next();
   return relay_denied("we do not relay for " + lower(m.domain));
 }
 

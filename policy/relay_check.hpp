@@ -24,8 +24,12 @@ class RelayCheck final : public Check {
   asio::awaitable<Verdict> run(Stage stage, MessageContext& ctx) override;
 
   // The decision itself, synchronous and pure: what run() answers for this recipient.
+  // Reject (554 5.7.1) when the recipient may not be relayed to; Accept for <Postmaster>
+  // (RFC 5321 §4.5.1); otherwise next(): relaying is allowed and the RCPT stage goes on to
+  // the other checks (the relay check is a gate, not a permit).
   Verdict decide(const SessionInfo& session, const Path& rcpt) const;
-  // Whether `domain` (any case, optional trailing dot) is one of relay.domains.
+  // Whether `domain` (any case, optional trailing dot) is one of relay.domains; an entry
+  // ".example.test" matches example.test and all its subdomains.
   bool is_local_domain(std::string_view domain) const;
 
  private:

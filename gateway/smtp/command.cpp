@@ -61,14 +61,17 @@ std::optional<std::vector<Param>> split_params(std::string_view s, bool utf8) {
 }
 
 // Splits "FROM:<path> params" into the path text and the parameter text. Tolerates spaces after
-// the colon, as most servers do; the path itself must be bracketed.
+// the colon, as most servers do; the path itself must be bracketed. nullopt when the keyword is
+// missing or text follows the path without a space (a command syntax error); an empty path when
+// no complete bracketed path follows the keyword, so that parse_path() refuses it as an address
+// syntax error (5.1.7 / 5.1.3, RFC 3463) like any other malformed path.
 std::optional<std::pair<std::string_view, std::string_view>> split_path(std::string_view args,
                                                                         std::string_view kw) {
   if (!istarts_with(args, kw)) return std::nullopt;
   args.remove_prefix(kw.size());
   while (!args.empty() && args.front() == ' ') args.remove_prefix(1);
   std::size_t len = policy::path_length(args);
-  if (len == std::string_view::npos) return std::nullopt;
+  if (len == std::string_view::npos) return std::pair{std::string_view{}, std::string_view{}};
   std::string_view rest = args.substr(len);
   if (!rest.empty() && rest.front() != ' ') return std::nullopt;
   return std::pair{args.substr(0, len), rest};

@@ -558,7 +558,9 @@ asio::awaitable<void> Session::cmd_data(std::string_view args) {
   if (!begin_message()) co_return;
   send(354, "", "End data with <CR><LF>.<CR><LF>");
   while (true) {
-    auto line = co_await read_line(cfg_.max_line_length, cfg_.data_timeout);
+    // RFC 5321 §4.5.3.1.6: the line limit does not count the dot doubled for transparency, so
+    // the wire may carry one octet more; the body filter holds the unstuffed line to the limit.
+    auto line = co_await read_line(cfg_.max_line_length + 1, cfg_.data_timeout);
     if (!line) {
       spdlog::info("{} event=lost_during_data", prefix());
       reset_transaction();  // the unacknowledged file is removed
