@@ -180,6 +180,8 @@ ParsedPath parse_path(std::string_view text, bool smtputf8) {
     if (i >= s.size()) return fail(PathError::Syntax, "unterminated quoted local part");
     ++i;  // closing quote
   } else {
+    // Dot-string, leniently: leading, trailing and doubled dots are accepted (as Postfix and
+    // most MTAs do) because real senders use them; they carry no routing meaning.
     while (i < s.size() && s[i] != '@') {
       unsigned char c = s[i];
       if (!(is_atext(c) || c == '.' || c >= 0x80))

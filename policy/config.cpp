@@ -196,8 +196,8 @@ std::string lower(std::string s) {
 // Normalises a relay/route domain: lower case, no trailing dot; "" when invalid.
 std::string normalize_domain(const std::string& raw) {
   std::string d = lower(raw);
+  if (!d.empty() && d.front() == '[') return valid_address_literal(d) ? d : "";
   if (!d.empty() && d.back() == '.') d.pop_back();
-  if (d.size() > 2 && d.front() == '[') return valid_address_literal(d) ? raw : "";
   std::string_view body = d;
   if (!body.empty() && body.front() == '.') body.remove_prefix(1);
   return valid_domain(body, true) ? d : "";

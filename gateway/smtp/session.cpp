@@ -28,7 +28,12 @@ using policy::Stage;
 using policy::Verdict;
 using Clock = std::chrono::steady_clock;
 
-constexpr std::size_t kMaxCommandLine = 512;  // including CRLF, RFC 5321 §4.5.3.1.4
+// Command line limits including CRLF: 512 octets (RFC 5321 §4.5.3.1.4), raised by the extensions
+// Moat offers for the commands that carry their parameters: MAIL by SIZE (RFC 1870, 26),
+// SMTPUTF8 (RFC 6531, 10) and RET/ENVID (RFC 3461, 100); RCPT by NOTIFY/ORCPT (RFC 3461, 500).
+constexpr std::size_t kMaxCommandLine = 512;
+constexpr std::size_t kMaxMailLine = kMaxCommandLine + 26 + 10 + 100;
+constexpr std::size_t kMaxRcptLine = kMaxCommandLine + 500;
 constexpr std::size_t kReadSpace = 4096;      // read size beyond the longest line
 constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
 
@@ -57,7 +62,7 @@ class Session : public std::enable_shared_from_this<Session> {
       : sock_(std::move(socket)),
         svc_(svc),
         cfg_(svc.config.server),
-        in_(std::max(cfg_.max_line_length, kMaxCommandLine) + kReadSpace),
+        in_(std::max(cfg_.max_line_length + 1, kMaxRcptLine) + kReadSpace),
         watchdog_(sock_.get_executor()),
         started_(Clock::now()),
         session_end_(started_ + cfg_.max_session_time) {
@@ -278,7 +283,7 @@ asio::awaitable<void> Session::run() {
   if (!co_await refused_at(Stage::Connect)) {
     send(220, "", fmt::format("{} ESMTP Moat", cfg_.hostname));
     while (!closing_) {
-      auto line = co_await read_line(kMaxCommandLine, cfg_.command_timeout);
+      auto line = co_await read_line(kMaxRcptLine, cfg_.command_timeout);
       if (!line) break;
       if (line->too_long) {
         send(500, "5.5.2", "Error: command line too long");
@@ -322,6 +327,14 @@ asio::awaitable<void> Session::dispatch(std::string_view line) {
     co_return;
   }
   Command cmd = parse_command(line);
+  std::size_t limit = cmd.verb == Verb::Rcpt   ? kMaxRcptLine
+                      : cmd.verb == Verb::Mail ? kMaxMailLine
+                                               : kMaxCommandLine;
+  if (line.size() + 2 > limit) {
+    send(500, "5.5.2", "Error: command line too long");
+    bad_command();
+    co_return;
+  }
   const CommandSpec* spec = nullptr;
   for (const auto& s : kCommands)
     if (s.verb == cmd.verb) spec = &s;

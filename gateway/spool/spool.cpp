@@ -90,7 +90,8 @@ Result<bool> SpoolFile::commit(const SpoolEnvelope& env, const std::string& stat
   if (::rename(path_.c_str(), target.c_str()) != 0) return io_error(errno, "rename");
   committed_ = true;
   path_ = target;
-  // ...and the rename must be on disk before we answer 250.
+  // ...and the rename must be on disk before we answer 250. If only this fsync fails, the
+  // file stays queued and the client is told to retry: a possible duplicate, never a loss.
   if (::fsync(state_dir_fd) != 0) return io_error(errno, "fsync directory");
   return true;
 }
@@ -211,9 +212,12 @@ Spool::Recovery Spool::recover() {
         ++r.queued;
         continue;
       }
-      // Never delete what we cannot read: move it aside for a human.
+      // Never delete what we cannot read: move it aside for a human, without replacing a
+      // file already there under the same name.
       std::string from = fmt::format("{}/{}/{}", dir_, state, qid);
       std::string to = fmt::format("{}/corrupt/{}", dir_, qid);
+      for (int n = 1; ::access(to.c_str(), F_OK) == 0; ++n)
+        to = fmt::format("{}/corrupt/{}.{}", dir_, qid, n);
       if (::rename(from.c_str(), to.c_str()) == 0) ++r.corrupt;
     }
   }

@@ -38,8 +38,9 @@ class SpoolFile {
   int error() const { return errno_; }  // 0 or the errno of the first failure
 
   // Appends the envelope and trailer, fsyncs, renames into `state_dir` and fsyncs that
-  // directory. Blocking: run it off the event loop. On failure the file is removed and the
-  // Error's message is "4.3.1" (storage full) or "4.3.0" plus a reason.
+  // directory. Blocking: run it off the event loop. On failure the Error's message starts with
+  // "4.3.1" (storage full) or "4.3.0"; the file is removed unless it was already renamed
+  // (then only the directory fsync failed, and a retry by the client may duplicate it).
   Result<bool> commit(const SpoolEnvelope& env, const std::string& state_dir, int state_dir_fd);
 
  private:

@@ -356,6 +356,34 @@ TEST_CASE("spool: recover removes incoming leftovers and moves unreadable files 
   CHECK(again.corrupt == 0);
 }
 
+TEST_CASE("spool: recover never replaces a file already in corrupt/") {
+  TempDir tmp;
+  auto opened = Spool::open(tmp.path);
+  REQUIRE(opened.ok());
+  const std::string qid = "0000000000003C";
+  spit(tmp.path + "/corrupt/" + qid, "first");
+  spit(tmp.path + "/active/" + qid, "second");
+  CHECK((*opened)->recover().corrupt == 1);
+  CHECK(slurp(tmp.path + "/corrupt/" + qid) == "first");
+  CHECK(slurp(tmp.path + "/corrupt/" + qid + ".1") == "second");
+}
+
+TEST_CASE("spool: a full disk fails the commit with 4.3.1, never a success") {
+  // /dev/full answers every write with ENOSPC, as a full spool file system would.
+  TempDir tmp;
+  auto opened = Spool::open(tmp.path);
+  REQUIRE(opened.ok());
+  int fd = ::open("/dev/full", O_WRONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  SpoolFile file(fd, tmp.path + "/incoming/0000000000004D", "0000000000004D");
+  file.write(std::string(200000, 'x'));  // larger than the write buffer: reaches the fd
+  CHECK(file.error() == ENOSPC);
+  auto done = (*opened)->commit(file, minimal_envelope("0000000000004D"));
+  REQUIRE_FALSE(done.ok());
+  CHECK(done.error().message.rfind("4.3.1", 0) == 0);
+  CHECK(entries(tmp.path + "/active").empty());
+}
+
 TEST_CASE("spool: read refuses names that are not queue ids") {
   TempDir tmp;
   auto opened = Spool::open(tmp.path);

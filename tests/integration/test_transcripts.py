@@ -387,6 +387,22 @@ class Limits(MoatTestCase):
         self.assertReply(c.cmd("NOOP"), 250)
         self.assertEqual(c.pending(0.2), b"")
 
+    def test_dsn_extends_rcpt_line(self):
+        # RFC 3461 §4: NOTIFY/ORCPT raise the RCPT line limit by 500 octets; other commands
+        # keep 512.
+        m = self.start_moat()
+        c = m.connect()
+        c.ehlo()
+        self.assertReply(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+        def rcpt(total):
+            tail = f"@{LOCAL_DOMAIN}> NOTIFY=FAILURE ORCPT=rfc822;u@{LOCAL_DOMAIN}"
+            line = "RCPT TO:<" + "a" * (total - 2 - len("RCPT TO:<") - len(tail)) + tail
+            self.assertEqual(len(line) + 2, total)
+            return line
+        self.assertReply(c.cmd(rcpt(1012)), 250, "2.1.5")
+        self.assertReply(c.cmd(rcpt(1013)), 500, "5.5.2")
+        self.assertReply(c.cmd("NOOP " + "x" * 600), 500, "5.5.2")
+
     def test_too_many_recipients(self):
         m = self.start_moat(server={"max_recipients": 3})
         c = m.connect()
