@@ -28,7 +28,8 @@ asio::awaitable<Verdict> Pipeline::run(Stage stage, MessageContext& ctx) const {
                       std::string(check->name()) + ": unknown exception");
       v = Verdict::tempfail(451, "4.3.0", "Temporary internal error, try again later");
     }
-    if (v.action == Action::Accept) break;  // permit: the rest of this stage is skipped
+    // The first final verdict wins. Accept (permit, e.g. an allow list) ends the stage
+    // as well, Decider included: an allow-listed sender is not rejected on its score.
     if (v.final()) {
       v.check = std::string(check->name());
       co_return v;

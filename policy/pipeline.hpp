@@ -1,6 +1,6 @@
 // Pipeline: runs the checks of one stage in order; the first final verdict wins (Postfix's
-// restriction lists: no opinion / permit / reject). After the checks, the Decider weighs the
-// findings. The relay check is a constructor argument and always runs first at RCPT, so no
+// restriction lists: no opinion / permit / reject); a permit (Accept) also skips the Decider
+// for that stage. When no check decided, the Decider weighs the findings. The relay check is a constructor argument and always runs first at RCPT, so no
 // assembly of checks can leave it out.
 #pragma once
 
@@ -17,8 +17,8 @@ class Pipeline {
  public:
   Pipeline(RelayCheck relay, std::vector<std::unique_ptr<Check>> checks, Decider decider);
 
-  // Runs `stage`. Returns Continue (or Accept) when the stage passes, otherwise the verdict of the
-  // check or Decider that ended it, with Verdict::check naming it. Never throws.
+  // Runs `stage`. Returns Continue or Accept when the stage passes, otherwise the verdict of the
+  // check or Decider that ended it; Verdict::check names whoever decided. Never throws.
   asio::awaitable<Verdict> run(Stage stage, MessageContext& ctx) const;
 
   const Decider& decider() const { return decider_; }

@@ -190,6 +190,27 @@ TEST_CASE("pipeline: Accept ends the stage, but only that stage") {
   CHECK(h.fakes[1]->runs == 0);
 }
 
+TEST_CASE("pipeline: Accept is not overruled by the Decider's score") {
+  std::vector<std::unique_ptr<FakeCheck>> checks;
+  checks.push_back(fake("scorer", {Stage::EndOfData}, Verdict::next()));
+  checks.back()->findings = {{"rule.bad", 20, ""}};
+  checks.push_back(fake("allowlist", {Stage::EndOfData}, Verdict::accept()));
+  Harness h(std::move(checks), thresholds(15, 10));
+  auto ctx = context_from("203.0.113.5");
+  Verdict v = run_stage(*h.pipeline, Stage::EndOfData, ctx);
+  CHECK(v.action == Action::Accept);
+  CHECK(v.check == "allowlist");
+  // Without the permit the same findings reject.
+  std::vector<std::unique_ptr<FakeCheck>> only;
+  only.push_back(fake("scorer", {Stage::EndOfData}, Verdict::next()));
+  only.back()->findings = {{"rule.bad", 20, ""}};
+  Harness h2(std::move(only), thresholds(15, 10));
+  auto ctx2 = context_from("203.0.113.5");
+  Verdict v2 = run_stage(*h2.pipeline, Stage::EndOfData, ctx2);
+  CHECK(v2.action == Action::Reject);
+  CHECK(v2.check == "decider");
+}
+
 TEST_CASE("pipeline: checks that do not run at a stage are skipped") {
   for (Stage stage : kAllStages) {
     CAPTURE(to_string(stage));
