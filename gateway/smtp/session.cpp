@@ -297,6 +297,7 @@ asio::awaitable<void> Session::run() {
   }
   co_await flush();
   close();
+  reset_transaction();  // an unfinished transaction's file is removed; its qid is not logged
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_);
   spdlog::info("{} event=disconnect messages={} rejected_rcpts={} bad_commands={} tls={} ms={}",
                prefix(), messages_, rejected_rcpts_, bad_commands_, ctx_.session.tls ? 1 : 0,
