@@ -724,7 +724,12 @@ asio::awaitable<void> Session::end_message() {
   env.smtputf8 = ctx_.envelope.smtputf8;
   env.ret = ctx_.envelope.ret;
   env.envid = ctx_.envelope.envid;
-  for (const auto& r : ctx_.envelope.recipients) env.recipients.push_back({r.address, r.notify, r.orcpt});
+  for (const auto& r : ctx_.envelope.recipients) {
+    SpoolRecipient& sr = env.recipients.emplace_back();
+    sr.address = r.address;
+    sr.notify = r.notify;
+    sr.orcpt = r.orcpt;
+  }
   env.add_headers = ctx_.add_headers;
 
   // fsync and rename block: do them on the worker pool while this session waits, so other

@@ -2,13 +2,22 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
+#include <iterator>
 #include <optional>
 
 namespace moat::gateway {
 namespace {
 
 constexpr std::string_view kMagic = "moat-envelope 1";
+constexpr std::string_view kStateNames[] = {"pending", "delivered", "failed"};
+
+template <class T>
+bool parse_number(const std::string& s, T& out) {
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && p == s.data() + s.size() && !s.empty();
+}
 
 // Escapes every octet that could break the line/field structure.
 std::string esc(std::string_view s) {
@@ -56,8 +65,16 @@ std::string serialize(const SpoolEnvelope& e) {
   if (e.smtputf8) line("smtputf8", "1");
   if (!e.ret.empty()) line("ret", e.ret);
   if (!e.envid.empty()) line("envid", e.envid);
-  for (const auto& r : e.recipients)
-    out += fmt::format("rcpt {} {} {}\n", esc(r.address), esc(r.notify), esc(r.orcpt));
+  for (const auto& r : e.recipients) {
+    out += fmt::format("rcpt {} {} {}", esc(r.address), esc(r.notify), esc(r.orcpt));
+    if (r.state != SpoolRecipient::State::Pending || !r.diagnostic.empty())
+      out += fmt::format(" {} {}", kStateNames[static_cast<int>(r.state)], esc(r.diagnostic));
+    out += '\n';
+  }
+  line("message_size", std::to_string(e.message_size));
+  if (e.attempts) line("attempts", std::to_string(e.attempts));
+  if (e.next_attempt) line("next_attempt", std::to_string(e.next_attempt));
+  if (!e.last_error.empty()) line("last_error", e.last_error);
   for (const auto& [name, value] : e.add_headers)
     out += fmt::format("header {} {}\n", esc(name), esc(value));
   return out;
@@ -87,17 +104,32 @@ Result<SpoolEnvelope> parse_envelope(std::string_view text) {
     }
     const std::string& key = f[0];
     auto want = [&](std::size_t n) { return f.size() == n + 1; };
-    if (key == "rcpt" && want(3)) {
-      e.recipients.push_back({f[1], f[2], f[3]});
+    if (key == "rcpt" && (want(3) || want(5))) {
+      SpoolRecipient r;
+      r.address = f[1];
+      r.notify = f[2];
+      r.orcpt = f[3];
+      if (want(5)) {
+        auto it = std::find(std::begin(kStateNames), std::end(kStateNames), f[4]);
+        if (it == std::end(kStateNames)) return bad("bad recipient state: " + f[4]);
+        r.state = static_cast<SpoolRecipient::State>(it - std::begin(kStateNames));
+        r.diagnostic = f[5];
+      }
+      e.recipients.push_back(std::move(r));
     } else if (key == "header" && want(2)) {
       e.add_headers.emplace_back(f[1], f[2]);
     } else if (!want(1)) {
       return bad("malformed envelope line: " + key);
     } else if (key == "qid") e.qid = f[1];
     else if (key == "arrival") {
-      auto [p, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), e.arrival);
-      if (ec != std::errc() || p != f[1].data() + f[1].size()) return bad("bad arrival time");
-    } else if (key == "client") e.client_ip = f[1];
+      if (!parse_number(f[1], e.arrival)) return bad("bad arrival time");
+    } else if (key == "message_size") {
+      if (!parse_number(f[1], e.message_size)) return bad("bad message_size");
+    } else if (key == "attempts") {
+      if (!parse_number(f[1], e.attempts)) return bad("bad attempts");
+    } else if (key == "next_attempt") {
+      if (!parse_number(f[1], e.next_attempt)) return bad("bad next_attempt");
+    } else if (key == "last_error") e.last_error = f[1]; else if (key == "client") e.client_ip = f[1];
     else if (key == "helo") e.helo = f[1];
     else if (key == "protocol") e.protocol = f[1];
     else if (key == "tls") e.tls = f[1];

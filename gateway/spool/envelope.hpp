@@ -12,9 +12,12 @@
 namespace moat::gateway {
 
 struct SpoolRecipient {
+  enum class State { Pending, Delivered, Failed };
   std::string address;
   std::string notify;  // DSN NOTIFY (RFC 3461), "" when not given
   std::string orcpt;   // DSN ORCPT, "" when not given
+  State state = State::Pending;
+  std::string diagnostic;  // the last reply about this recipient ("550 5.1.1 ..."), for DSNs
   bool operator==(const SpoolRecipient&) const = default;
 };
 
@@ -32,6 +35,11 @@ struct SpoolEnvelope {
   std::string envid;
   std::vector<SpoolRecipient> recipients;
   std::vector<std::pair<std::string, std::string>> add_headers;  // prepended at delivery
+  // Delivery bookkeeping, rewritten (appended) after each attempt; see spool.hpp.
+  std::uint64_t message_size = 0;  // the message is the first message_size octets of the file
+  int attempts = 0;
+  std::int64_t next_attempt = 0;   // Unix seconds; 0: now
+  std::string last_error;
   bool operator==(const SpoolEnvelope&) const = default;
 };
 

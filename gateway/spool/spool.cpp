@@ -81,7 +81,9 @@ Result<bool> SpoolFile::commit(const SpoolEnvelope& env, const std::string& stat
                                int state_dir_fd) {
   flush();
   std::uint64_t env_offset = offset_;
-  write(serialize(env));
+  SpoolEnvelope first = env;
+  first.message_size = env_offset;
+  write(serialize(first));
   write(fmt::format("{}{:020}\n", kTrailer, env_offset));
   if (!flush()) return io_error(errno_, "write");
   // The data must be on disk before the rename makes it visible as queued...
@@ -168,19 +170,70 @@ Result<SpooledMessage> Spool::read_file(const std::string& path) {
   }
   ::close(fd);
   if (!ok) return R::fail(fmt::format("{}: read error", path));
-  if (data.size() < kTrailerSize ||
-      std::string_view(data).substr(data.size() - kTrailerSize, kTrailer.size()) != kTrailer ||
-      data.back() != '\n')
-    return R::fail(fmt::format("{}: no trailer", path));
-  std::uint64_t off = 0;
-  const char* digits = data.data() + data.size() - kTrailerSize + kTrailer.size();
-  auto [p, ec] = std::from_chars(digits, digits + 20, off);
-  if (ec != std::errc() || p != digits + 20 || off > data.size() - kTrailerSize)
-    return R::fail(fmt::format("{}: bad trailer", path));
-  auto env = parse_envelope(std::string_view(data).substr(off, data.size() - kTrailerSize - off));
-  if (!env) return R::fail(fmt::format("{}: {}", path, env.error().message));
-  data.resize(off);
-  return SpooledMessage{std::move(*env), std::move(data)};
+  // The newest envelope is the one the last complete trailer points to. An update torn by a
+  // crash leaves a partial envelope after it; envelope text escapes spaces, so no part of one
+  // can look like a trailer, and searching backwards finds the last whole update.
+  std::string_view all = data;
+  std::size_t end = all.size();
+  while (true) {
+    std::size_t at = all.rfind(kTrailer, end);
+    if (at == std::string_view::npos) return R::fail(fmt::format("{}: no trailer", path));
+    std::uint64_t off = 0;
+    const char* digits = data.data() + at + kTrailer.size();
+    bool whole = at + kTrailerSize <= all.size() && all[at + kTrailerSize - 1] == '\n';
+    if (whole) {
+      auto [p, ec] = std::from_chars(digits, digits + 20, off);
+      whole = ec == std::errc() && p == digits + 20 && off <= at;
+    }
+    if (whole) {
+      auto env = parse_envelope(all.substr(off, at - off));
+      if (!env) return R::fail(fmt::format("{}: {}", path, env.error().message));
+      if (env->message_size > off) return R::fail(fmt::format("{}: bad message_size", path));
+      SpooledMessage m{std::move(*env), {}, at + kTrailerSize};
+      m.message = data.substr(0, m.envelope.message_size);
+      return m;
+    }
+    if (at == 0) return R::fail(fmt::format("{}: no trailer", path));
+    end = at - 1;
+  }
+}
+
+Result<bool> Spool::update(std::string_view from, const SpoolEnvelope& env, std::string_view to) {
+  std::string path = fmt::format("{}/{}/{}", dir_, from, env.qid);
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return io_error(errno, "open for update");
+  // Append the new envelope and its trailer; the old ones stay as they were, so a crash at
+  // any point leaves either the old or the new state readable.
+  std::string text = serialize(env);
+  struct stat st {};
+  ::fstat(fd, &st);
+  text += fmt::format("{}{:020}\n", kTrailer, static_cast<std::uint64_t>(st.st_size));
+  int err = 0;
+  bool ok = write_all(fd, text.data(), text.size(), err) && ::fsync(fd) == 0;
+  if (!ok && err == 0) err = errno;
+  ::close(fd);
+  if (!ok) return io_error(err, "update");
+  if (from != to) {
+    std::string target = fmt::format("{}/{}/{}", dir_, to, env.qid);
+    if (::rename(path.c_str(), target.c_str()) != 0) return io_error(errno, "rename");
+    if (::fsync(state_fd(to)) != 0) return io_error(errno, "fsync directory");
+  }
+  return true;
+}
+
+Result<bool> Spool::move(std::string_view from, std::string_view qid, std::string_view to) {
+  std::string source = fmt::format("{}/{}/{}", dir_, from, qid);
+  std::string target = fmt::format("{}/{}/{}", dir_, to, qid);
+  if (::rename(source.c_str(), target.c_str()) != 0) return io_error(errno, "rename");
+  if (::fsync(state_fd(to)) != 0) return io_error(errno, "fsync directory");
+  return true;
+}
+
+Result<bool> Spool::remove(std::string_view state, std::string_view qid) {
+  std::string path = fmt::format("{}/{}/{}", dir_, state, qid);
+  if (::unlink(path.c_str()) != 0) return io_error(errno, "unlink");
+  if (::fsync(state_fd(state)) != 0) return io_error(errno, "fsync directory");
+  return true;
 }
 
 Result<SpooledMessage> Spool::read(std::string_view state, std::string_view qid) const {
@@ -210,6 +263,12 @@ Spool::Recovery Spool::recover() {
       auto msg = read(state, qid);
       if (msg && msg->envelope.qid == qid) {
         ++r.queued;
+        // Cut off the remains of an update torn by a crash, so the next update appends to a
+        // whole file.
+        std::string path = fmt::format("{}/{}/{}", dir_, state, qid);
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) > msg->valid_size)
+          ::truncate(path.c_str(), static_cast<off_t>(msg->valid_size));
         continue;
       }
       // Never delete what we cannot read: move it aside for a human, without replacing a

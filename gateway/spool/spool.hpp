@@ -6,6 +6,8 @@
 // first), then the envelope text, then a fixed-size trailer giving the envelope's offset:
 //   <message> <envelope> "moat-trailer " <20-digit offset> "\n"
 // so the envelope can be written after the message has streamed in, without copying it.
+// Delivery progress (recipients done, attempts, next retry) is recorded by appending a newer
+// envelope and trailer; the newest whole trailer wins, so a torn append loses nothing.
 //
 // Acknowledgement order (why 250 means the message survives a crash or kill -9):
 //   write incoming/QID → fsync(file) → rename to active/QID → fsync(active/) → 250.
@@ -56,8 +58,9 @@ class SpoolFile {
 };
 
 struct SpooledMessage {
-  SpoolEnvelope envelope;
-  std::string message;  // byte-exact as stored (Received header first)
+  SpoolEnvelope envelope;  // the newest one
+  std::string message;     // byte-exact as stored (Received header first)
+  std::uint64_t valid_size = 0;  // file size up to the newest whole trailer
 };
 
 class Spool {
@@ -72,6 +75,13 @@ class Spool {
   Result<std::unique_ptr<SpoolFile>> create(const std::string& qid);
   // Commits into active/ (or another state). See SpoolFile::commit.
   Result<bool> commit(SpoolFile& file, const SpoolEnvelope& env, std::string_view state = "active");
+
+  // Records a new envelope for a queued message (delivery progress) by appending it, then
+  // moves the file from state `from` to `to` (may be equal). Blocking.
+  Result<bool> update(std::string_view from, const SpoolEnvelope& env, std::string_view to);
+  // Moves a queue file between states; removes one whose delivery is finished. Blocking.
+  Result<bool> move(std::string_view from, std::string_view qid, std::string_view to);
+  Result<bool> remove(std::string_view state, std::string_view qid);
 
   struct Recovery {
     std::size_t queued = 0;       // valid files in active/ and deferred/
