@@ -292,20 +292,55 @@ void read_relay(Reader& r, const Value& t, RelayConfig& c) {
 }
 
 void read_route(Reader& r, const Value& t, Route& route) {
-  r.known_keys(t, "[[route]]", {"domains", "host", "tls"});
-  route.domains = read_domains(r, t, "domains");
+  r.known_keys(t, "[[route]]", {"domains", "host", "hosts", "tls", "tls_verify", "tls_ca",
+                                "tls_server_name", "max_connections"});
+  if (auto* v = r.find(t, "domains"); v && v->is_array() && v->as_array().size() == 1 &&
+                                      v->as_array()[0].is_string() &&
+                                      v->as_array()[0].as_string().str == "*") {
+    route.domains = {"*"};  // the default route
+  } else {
+    route.domains = read_domains(r, t, "domains");
+  }
   if (route.domains.empty()) r.error(t, "[[route]] needs 'domains'");
-  std::string host;
-  r.get(t, "host", host);
-  if (auto e = parse_endpoint(host)) route.host = *e;
-  else if (auto* v = r.find(t, "host")) r.error(*v, fmt::format("'{}' is not ADDRESS:PORT", host));
-  else r.error(t, "[[route]] needs 'host'");
+  std::vector<Reader::Item> hosts;
+  if (auto* v = r.find(t, "host")) {
+    if (v->is_string()) hosts.push_back({v->as_string().str, v});
+    else r.error(*v, "'host' must be a string");
+    if (r.find(t, "hosts")) r.error(*v, "give either 'host' or 'hosts', not both");
+  }
+  for (auto& item : r.get_strings(t, "hosts")) hosts.push_back(item);
+  for (auto& [h, at] : hosts) {
+    if (auto e = parse_endpoint(h)) route.hosts.push_back(*e);
+    else r.error(*at, fmt::format("'{}' is not ADDRESS:PORT", h));
+  }
+  if (hosts.empty()) r.error(t, "[[route]] needs 'host' or 'hosts'");
   std::string tls = "opportunistic";
   r.get(t, "tls", tls);
   if (tls == "none") route.tls = RouteTls::None;
   else if (tls == "opportunistic") route.tls = RouteTls::Opportunistic;
   else if (tls == "required") route.tls = RouteTls::Required;
   else r.error(*r.find(t, "tls"), "'tls' must be \"none\", \"opportunistic\" or \"required\"");
+  r.get(t, "tls_verify", route.tls_verify);
+  r.get(t, "tls_ca", route.tls_ca);
+  if (!route.tls_ca.empty() && access(route.tls_ca.c_str(), R_OK) != 0)
+    r.error(*r.find(t, "tls_ca"), fmt::format("cannot read '{}'", route.tls_ca));
+  r.get(t, "tls_server_name", route.tls_server_name);
+  r.get_count(t, "max_connections", route.max_connections, 1, 10000);
+}
+
+void read_delivery(Reader& r, const Value& t, DeliveryConfig& d) {
+  r.known_keys(t, "[delivery]", {"concurrency", "connect_timeout", "command_timeout",
+                                 "data_timeout", "retry_min", "retry_max", "max_lifetime",
+                                 "idle_connection"});
+  r.get_count(t, "concurrency", d.concurrency, 1, 100000);
+  r.get_duration(t, "connect_timeout", d.connect_timeout);
+  r.get_duration(t, "command_timeout", d.command_timeout);
+  r.get_duration(t, "data_timeout", d.data_timeout);
+  r.get_duration(t, "retry_min", d.retry_min);
+  r.get_duration(t, "retry_max", d.retry_max);
+  r.get_duration(t, "max_lifetime", d.max_lifetime);
+  r.get_duration(t, "idle_connection", d.idle_connection);
+  if (d.retry_max < d.retry_min) r.error(t, "'retry_max' is shorter than 'retry_min'");
 }
 
 void read_decider(Reader& r, const Value& t, DeciderConfig& d) {
@@ -341,7 +376,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   c.source = name;
   c.server.spool_dir = "/var/spool/moat";
   c.server.listen = {{"127.0.0.1", 2525}};
-  r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "decider"});
+  r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider"});
   auto section = [&](const char* key, auto fn) {
     if (auto* v = r.find(root, key)) {
       if (v->is_table()) fn(*v);
@@ -351,6 +386,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   section("server", [&](const Value& v) { read_server(r, v, c.server); });
   section("tls", [&](const Value& v) { read_tls(r, v, c.tls); });
   section("relay", [&](const Value& v) { read_relay(r, v, c.relay); });
+  section("delivery", [&](const Value& v) { read_delivery(r, v, c.delivery); });
   section("decider", [&](const Value& v) { read_decider(r, v, c.decider); });
   if (auto* v = r.find(root, "route")) {
     if (!v->is_array()) {
@@ -386,6 +422,24 @@ std::string Endpoint::to_string() const {
 }
 
 std::string_view default_config_text() { return kDefaultConfig; }
+
+const Route* Config::route_for(std::string_view domain) const {
+  std::string d = lower(std::string(domain));
+  if (!d.empty() && d.back() == '.') d.pop_back();
+  const Route* parent = nullptr;
+  const Route* fallback = nullptr;
+  for (const auto& route : routes) {
+    for (const auto& entry : route.domains) {
+      if (entry == d) return &route;
+      if (entry == "*") fallback = fallback ? fallback : &route;
+      else if (entry.front() == '.' && !parent &&
+               (d == entry.substr(1) ||
+                (d.size() > entry.size() && d.compare(d.size() - entry.size(), entry.size(), entry) == 0)))
+        parent = &route;
+    }
+  }
+  return parent ? parent : fallback;
+}
 
 Result<Config> load_config_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

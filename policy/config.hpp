@@ -55,10 +55,26 @@ struct RelayConfig {
   std::vector<Cidr> trusted_networks;  // may relay anywhere
 };
 
+// Where delivery sends mail for some recipient domains. domains = ["*"] is the default route.
 struct Route {
   std::vector<std::string> domains;
-  Endpoint host;
+  std::vector<Endpoint> hosts;  // in priority order: the next is tried when one fails
   RouteTls tls = RouteTls::Opportunistic;
+  bool tls_verify = false;      // verify the backend's certificate (against tls_ca or system)
+  std::string tls_ca;           // CA file for verification; "" = system store
+  std::string tls_server_name;  // name to verify and send as SNI; "" = none
+  std::size_t max_connections = 10;  // per host
+};
+
+struct DeliveryConfig {
+  std::size_t concurrency = 20;               // messages being delivered at once
+  std::chrono::seconds connect_timeout{30};
+  std::chrono::seconds command_timeout{300};  // RFC 5321 §4.5.3.2 client values
+  std::chrono::seconds data_timeout{600};
+  std::chrono::seconds retry_min{60};          // first retry; doubles up to retry_max
+  std::chrono::seconds retry_max{4 * 3600};
+  std::chrono::seconds max_lifetime{5 * 86400};  // then a DSN
+  std::chrono::seconds idle_connection{30};     // keep a backend connection for reuse
 };
 
 struct DeciderConfig {
@@ -73,7 +89,12 @@ struct Config {
   TlsConfig tls;
   RelayConfig relay;
   std::vector<Route> routes;
+  DeliveryConfig delivery;
   DeciderConfig decider;
+
+  // The route for a recipient domain (any case, optional trailing dot): exact entry, then
+  // ".parent" entries, then "*"; nullptr when there is none.
+  const Route* route_for(std::string_view domain) const;
 };
 
 // The configuration `moat serve` runs with when no --config is given: an ordinary user can start

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <string>
 #include <string_view>
+#include <algorithm>
 #include <vector>
 
 namespace moat::policy {
@@ -68,7 +69,8 @@ TEST_CASE("the embedded default configuration loads") {
   CHECK_FALSE(c.tls.require);
   REQUIRE(c.routes.size() == 1);
   CHECK(c.routes[0].domains == std::vector<std::string>{"example.test"});
-  CHECK(c.routes[0].host.to_string() == "127.0.0.1:10025");
+  REQUIRE(c.routes[0].hosts.size() == 1);
+  CHECK(c.routes[0].hosts[0].to_string() == "127.0.0.1:10025");
   CHECK(c.routes[0].tls == RouteTls::Opportunistic);
   CHECK_FALSE(c.server.hostname.empty());  // the system's host name when not configured
 }
@@ -456,6 +458,89 @@ TEST_CASE("load_config_file names the file in errors") {
   REQUIRE_FALSE(missing.ok());
   CHECK(missing.error().message.rfind(path + ": ", 0) == 0);
   ::rmdir(dir);
+}
+
+}  // namespace
+}  // namespace moat::policy
+
+namespace moat::policy {
+namespace {
+
+TEST_CASE("routes: several hosts in priority order, parent and default routes, [delivery]") {
+  std::string text = std::string(kBase) +
+                     "[[route]]\n"
+                     "domains = [\"example.test\"]\n"
+                     "hosts = [\"127.0.0.1:10025\", \"[::1]:10026\"]\n"
+                     "tls = \"required\"\n"
+                     "tls_verify = true\n"
+                     "tls_server_name = \"mx.internal\"\n"
+                     "[[route]]\n"
+                     "domains = [\".sub.test\"]\n"
+                     "host = \"127.0.0.2:25\"\n"
+                     "[[route]]\n"
+                     "domains = [\"*\"]\n"
+                     "host = \"127.0.0.3:25\"\n"
+                     "[delivery]\n"
+                     "concurrency = 7\n"
+                     "retry_min = \"30s\"\n"
+                     "retry_max = \"2h\"\n"
+                     "max_lifetime = 86400\n";
+  auto r = load_config_text(text, "routes.toml");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  const Config& c = *r;
+  REQUIRE(c.routes.size() == 3);
+  REQUIRE(c.routes[0].hosts.size() == 2);
+  CHECK(c.routes[0].hosts[0].to_string() == "127.0.0.1:10025");
+  CHECK(c.routes[0].hosts[1].to_string() == "[::1]:10026");
+  CHECK(c.routes[0].tls == RouteTls::Required);
+  CHECK(c.routes[0].tls_verify);
+  CHECK(c.routes[0].tls_server_name == "mx.internal");
+  CHECK(c.delivery.concurrency == 7);
+  CHECK(c.delivery.retry_min == 30s);
+  CHECK(c.delivery.retry_max == 2h);
+  CHECK(c.delivery.max_lifetime == 24h);
+  struct Row {
+    const char* domain;
+    int route;  // index, -1 for none
+  };
+  for (Row row : {Row{"example.test", 0}, Row{"EXAMPLE.test.", 0}, Row{"sub.test", 1},
+                  Row{"a.b.sub.test", 1}, Row{"xsub.test", 2}, Row{"other.example", 2}}) {
+    CAPTURE(row.domain);
+    const Route* route = c.route_for(row.domain);
+    REQUIRE(route != nullptr);
+    CHECK(route - c.routes.data() == row.route);
+  }
+  // Without a default route an unknown domain has none.
+  auto plain = load_config_text(std::string(kBase) +
+                                    "[[route]]\ndomains = [\"example.test\"]\nhost = \"127.0.0.1:25\"\n",
+                                "plain.toml");
+  REQUIRE(plain.ok());
+  CHECK(plain->route_for("other.example") == nullptr);
+}
+
+TEST_CASE("routes: errors name their line") {
+  std::string text = std::string(kBase) +
+                     "[[route]]\n"                                   // 3
+                     "domains = [\"example.test\"]\n"                // 4
+                     "host = \"127.0.0.1:25\"\n"                     // 5
+                     "hosts = [\"127.0.0.1:26\"]\n"                  // 6
+                     "[[route]]\n"                                   // 7
+                     "domains = [\"example.test\"]\n"                // 8
+                     "hosts = [\"127.0.0.1\"]\n"                     // 9
+                     "[delivery]\n"                                  // 10
+                     "retry_min = \"2h\"\n"                          // 11
+                     "retry_max = \"1m\"\n"                          // 12
+                     "bogus = 1\n";                                  // 13
+  auto r = load_config_text(text, "r.toml");
+  REQUIRE_FALSE(r.ok());
+  auto errors = error_lines(r.error().message);
+  CAPTURE(r.error().message);
+  CHECK(has_error(errors, "r.toml", 5, "either 'host' or 'hosts'"));
+  CHECK(has_error(errors, "r.toml", 9, "not ADDRESS:PORT"));
+  CHECK(has_error(errors, "r.toml", 13, "unknown key 'bogus'"));
+  CHECK(std::any_of(errors.begin(), errors.end(), [](const std::string& e) {
+    return e.find("'retry_max' is shorter than 'retry_min'") != std::string::npos;
+  }));
 }
 
 }  // namespace
