@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gateway/log.hpp"
+#include "gateway/relay/queue_manager.hpp"
 #include "gateway/server.hpp"
 #include "gateway/spool/spool.hpp"
 #include "gateway/tls/tls_context.hpp"
@@ -88,7 +89,9 @@ int serve(const std::vector<std::string>& args) {
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), {}, policy::Decider(cfg.decider));
   asio::io_context io(1);
   asio::thread_pool blocking(2);
-  gateway::Services services{cfg, pipeline, **spool, **tls, blocking};
+  gateway::QueueManager queue(io, cfg, **spool, blocking);
+  gateway::Services services{cfg, pipeline, **spool, **tls, blocking,
+                             [&queue](const std::string& qid) { queue.enqueue(qid); }};
   gateway::Server server(io, services);
   if (auto bound = server.bind(); !bound) {
     spdlog::critical("event=startup_failed error={}", gateway::kv(bound.error().message));
@@ -109,7 +112,8 @@ int serve(const std::vector<std::string>& args) {
   asio::steady_timer drain(io);
   auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   std::function<void(std::error_code)> wait_drained = [&](std::error_code) {
-    if (server.sessions() == 0 || std::chrono::steady_clock::now() >= give_up) {
+    if ((server.sessions() == 0 && queue.in_flight() == 0) ||
+        std::chrono::steady_clock::now() >= give_up) {
       io.stop();
       return;
     }
@@ -120,10 +124,12 @@ int serve(const std::vector<std::string>& args) {
     if (ec) return;
     spdlog::info("event=stopping signal={} sessions={}", sig, server.sessions());
     server.stop();
+    queue.stop();
     give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     wait_drained({});
   });
   server.start();
+  queue.start();
   std::string listen;
   for (const auto& l : cfg.server.listen) listen += (listen.empty() ? "" : ",") + l.to_string();
   spdlog::info("event=ready version={} config={} listen={} hostname={} relay_domains={}",

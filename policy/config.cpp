@@ -329,9 +329,10 @@ void read_route(Reader& r, const Value& t, Route& route) {
 }
 
 void read_delivery(Reader& r, const Value& t, DeliveryConfig& d) {
-  r.known_keys(t, "[delivery]", {"concurrency", "connect_timeout", "command_timeout",
+  r.known_keys(t, "[delivery]", {"enabled", "concurrency", "connect_timeout", "command_timeout",
                                  "data_timeout", "retry_min", "retry_max", "max_lifetime",
                                  "idle_connection"});
+  r.get(t, "enabled", d.enabled);
   r.get_count(t, "concurrency", d.concurrency, 1, 100000);
   r.get_duration(t, "connect_timeout", d.connect_timeout);
   r.get_duration(t, "command_timeout", d.command_timeout);

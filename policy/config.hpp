@@ -67,6 +67,7 @@ struct Route {
 };
 
 struct DeliveryConfig {
+  bool enabled = true;  // false: accepted mail waits in active/ (backend maintenance)
   std::size_t concurrency = 20;               // messages being delivered at once
   std::chrono::seconds connect_timeout{30};
   std::chrono::seconds command_timeout{300};  // RFC 5321 §4.5.3.2 client values

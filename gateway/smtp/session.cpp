@@ -13,6 +13,7 @@
 #include <ctime>
 #include <optional>
 
+#include "gateway/blocking.hpp"
 #include "gateway/log.hpp"
 #include "gateway/smtp/body_filter.hpp"
 #include "gateway/smtp/command.hpp"
@@ -734,15 +735,11 @@ asio::awaitable<void> Session::end_message() {
 
   // fsync and rename block: do them on the worker pool while this session waits, so other
   // sessions keep being served. 250 only once the file and its directory entry are on disk.
-  SpoolFile& file = *file_;
-  Spool& spool = svc_.spool;
-  std::string why = co_await asio::co_spawn(
-      svc_.blocking,
-      [&]() -> asio::awaitable<std::string> {
-        auto done = spool.commit(file, env, state);
-        co_return done ? std::string() : done.error().message;
-      },
-      asio::use_awaitable);
+  auto committed = co_await offload(svc_.blocking, [&] {
+    auto done = svc_.spool.commit(*file_, env, state);
+    return done ? std::string() : done.error().message;
+  });
+  const std::string& why = committed;
   if (!why.empty()) {
     spdlog::error("{} event=spool_error error={}", prefix(), kv(why));
     bool full = why.rfind("4.3.1", 0) == 0;
@@ -752,6 +749,7 @@ asio::awaitable<void> Session::end_message() {
            "spool");
     co_return;
   }
+  if (state == "active" && svc_.queued) svc_.queued(ctx_.qid);
   finish(disposition, {250, "2.0.0", "Ok: queued as " + ctx_.qid}, v.check);
 }
 

@@ -9,6 +9,7 @@
 #include <asio/awaitable.hpp>
 #include <asio/ssl/context.hpp>
 #include <asio/thread_pool.hpp>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,7 @@ struct Services {
   Spool& spool;
   asio::ssl::context& tls;
   asio::thread_pool& blocking;  // for fsync and other calls that may block
+  std::function<void(const std::string& qid)> queued = {};  // a message entered active/
 };
 
 // Runs the whole SMTP dialogue on `socket` and returns when the connection is over. Never

@@ -92,7 +92,7 @@ class MoatServer:
     """One `moat serve` process with its own config, spool and log, under `workdir`."""
 
     def __init__(self, workdir, server=None, tls=None, relay=None, extra="", name="moat",
-                 preexec_fn=None):
+                 preexec_fn=None, delivery=None, routes=None):
         self.workdir = workdir
         self.name = name
         self.spool_dir = os.path.join(workdir, name + "-spool")
@@ -104,6 +104,10 @@ class MoatServer:
         self.relay = {"domains": [LOCAL_DOMAIN]}
         self.relay.update(relay or {})
         self.extra = extra
+        # Front-end tests read accepted mail in active/: delivery stays paused unless a test
+        # gives [delivery] settings (and [[route]]s) of its own.
+        self.delivery = {"enabled": False} if delivery is None else dict(delivery)
+        self.routes = list(routes or [])
         self.preexec_fn = preexec_fn  # run in the child before exec (e.g. setrlimit)
         self.proc = None
         self._log_start = 0
@@ -124,6 +128,9 @@ class MoatServer:
         if self.tls:
             text += "\n" + toml_table("tls", self.tls)
         text += "\n" + toml_table("relay", self.relay)
+        text += "\n" + toml_table("delivery", self.delivery)
+        for route in self.routes:
+            text += "\n" + toml_table("route", route).replace("[route]", "[[route]]", 1)
         if self.extra:
             text += "\n" + self.extra
         return text

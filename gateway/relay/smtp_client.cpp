@@ -1,0 +1,301 @@
+#include "gateway/relay/smtp_client.hpp"
+
+#include <fmt/format.h>
+#include <openssl/ssl.h>
+
+#include <algorithm>
+#include <asio/connect.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/ip/address.hpp>
+#include <asio/ssl/host_name_verification.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+#include <charconv>
+
+namespace moat::gateway {
+namespace {
+
+constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
+constexpr std::size_t kMaxReplyLine = 4096;
+constexpr std::size_t kMaxReplyLines = 100;
+
+std::string upper(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return std::toupper(c); });
+  return out;
+}
+
+}  // namespace
+
+SmtpClient::SmtpClient(asio::any_io_executor ex, policy::Endpoint peer, Options options)
+    : sock_(ex), timer_(ex), peer_(std::move(peer)), opt_(std::move(options)) {}
+
+ClientReply SmtpClient::lost(std::string_view what) const {
+  return ClientReply::local(
+      451, fmt::format("451 4.4.2 {} with {}{}", what, peer_.to_string(),
+                       timed_out_ ? " (timeout)" : ""));
+}
+
+// The timer's handler holds only a weak reference: a client destroyed mid-wait is left alone.
+void SmtpClient::arm(std::chrono::seconds timeout) {
+  timer_.expires_after(timeout);
+  timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
+    if (ec) return;
+    if (auto self = weak.lock()) {
+      self->timed_out_ = true;
+      std::error_code ignored;
+      self->sock_.cancel(ignored);
+    }
+  });
+}
+
+void SmtpClient::disarm() { timer_.cancel(); }
+
+asio::awaitable<bool> SmtpClient::write(std::string_view data, std::chrono::seconds timeout) {
+  arm(timeout);
+  auto buf = asio::buffer(data.data(), data.size());
+  auto [ec, n] = tls_ ? co_await asio::async_write(*tls_, buf, kTuple)
+                      : co_await asio::async_write(sock_, buf, kTuple);
+  disarm();
+  if (ec) usable_ = false;
+  co_return !ec;
+}
+
+// Reads one whole (possibly multi-line) reply. A malformed or over-long reply is a lost
+// connection: nothing after it can be trusted to line up.
+asio::awaitable<ClientReply> SmtpClient::read_reply(std::chrono::seconds timeout,
+                                                    std::vector<std::string>* lines) {
+  std::size_t count = 0;
+  while (true) {
+    auto eol = in_.find("\r\n");
+    if (eol == std::string::npos) {
+      if (in_.size() > kMaxReplyLine) break;
+      char buf[4096];
+      arm(timeout);
+      auto mb = asio::buffer(buf, sizeof buf);
+      auto [ec, n] = tls_ ? co_await tls_->async_read_some(mb, kTuple)
+                          : co_await sock_.async_read_some(mb, kTuple);
+      disarm();
+      if (ec || n == 0) break;
+      in_.append(buf, n);
+      continue;
+    }
+    std::string line = in_.substr(0, eol);
+    in_.erase(0, eol + 2);
+    int code = 0;
+    auto [p, ec] = std::from_chars(line.data(), line.data() + std::min<std::size_t>(3, line.size()), code);
+    if (line.size() < 3 || ec != std::errc() || p != line.data() + 3 || code < 200 || code > 599 ||
+        (line.size() > 3 && line[3] != ' ' && line[3] != '-') || ++count > kMaxReplyLines)
+      break;
+    if (lines) lines->push_back(line.size() > 4 ? line.substr(4) : "");
+    if (line.size() == 3 || line[3] == ' ') co_return ClientReply{code, line};
+  }
+  usable_ = false;
+  co_return lost("lost connection");
+}
+
+asio::awaitable<ClientReply> SmtpClient::command(std::string_view line) {
+  if (!co_await write(std::string(line) + "\r\n", opt_.timing->command_timeout))
+    co_return lost("lost connection");
+  co_return co_await read_reply(opt_.timing->command_timeout);
+}
+
+asio::awaitable<std::optional<ClientReply>> SmtpClient::ehlo() {
+  std::vector<std::string> lines;
+  if (!co_await write(fmt::format("EHLO {}\r\n", opt_.helo), opt_.timing->command_timeout))
+    co_return lost("lost connection");
+  ClientReply r = co_await read_reply(opt_.timing->command_timeout, &lines);
+  esmtp_ = pipelining_ = eightbit_ = smtputf8_ = chunking_ = dsn_ = starttls_ = false;
+  size_limit_ = 0;
+  if (r.permanent() && r.code != 554) {
+    // An old server: plain SMTP.
+    r = co_await command(fmt::format("HELO {}", opt_.helo));
+    if (!r.positive()) co_return r;
+    co_return std::nullopt;
+  }
+  if (!r.positive()) co_return r;
+  esmtp_ = true;
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    std::string kw = upper(lines[i].substr(0, lines[i].find(' ')));
+    if (kw == "PIPELINING") pipelining_ = true;
+    else if (kw == "8BITMIME") eightbit_ = true;
+    else if (kw == "SMTPUTF8") smtputf8_ = true;
+    else if (kw == "CHUNKING") chunking_ = true;
+    else if (kw == "DSN") dsn_ = true;
+    else if (kw == "STARTTLS") starttls_ = true;
+    else if (kw == "SIZE" && lines[i].size() > 5) {
+      std::string_view v = std::string_view(lines[i]).substr(5);
+      std::from_chars(v.data(), v.data() + v.size(), size_limit_);
+    }
+  }
+  co_return std::nullopt;
+}
+
+asio::awaitable<std::optional<ClientReply>> SmtpClient::open() {
+  std::error_code ec;
+  auto addr = asio::ip::make_address(peer_.host, ec);
+  if (ec) co_return ClientReply::local(451, "451 4.4.0 bad address " + peer_.host);
+  arm(opt_.timing->connect_timeout);
+  auto [cec] = co_await sock_.async_connect({addr, peer_.port}, kTuple);
+  disarm();
+  if (cec)
+    co_return ClientReply::local(
+        451, fmt::format("451 4.4.1 connect to {}: {}", peer_.to_string(),
+                         timed_out_ ? "timeout" : cec.message()));
+  usable_ = true;
+  ClientReply greeting = co_await read_reply(opt_.timing->command_timeout);
+  if (greeting.code != 220) co_return greeting.positive() ? lost("bad greeting") : greeting;
+  if (auto err = co_await ehlo()) co_return err;
+  if (opt_.tls == policy::RouteTls::None) co_return std::nullopt;
+  if (!starttls_) {
+    if (opt_.tls == policy::RouteTls::Required)
+      co_return ClientReply::local(
+          451, fmt::format("451 4.7.4 {} does not offer STARTTLS (tls = required)", peer()));
+    co_return std::nullopt;
+  }
+  ClientReply r = co_await command("STARTTLS");
+  if (r.code != 220) {
+    if (opt_.tls == policy::RouteTls::Required || !r.positive())
+      co_return r.positive() ? lost("STARTTLS refused") : r;
+  }
+  // Bytes the server sent after its 220 arrived in plaintext: never read them as TLS data.
+  in_.clear();
+  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(sock_, *opt_.tls_context);
+  if (!opt_.server_name.empty()) {
+    SSL_set_tlsext_host_name(tls_->native_handle(), opt_.server_name.c_str());
+    tls_->set_verify_callback(asio::ssl::host_name_verification(opt_.server_name));
+  }
+  arm(opt_.timing->command_timeout);
+  auto [hec] = co_await tls_->async_handshake(asio::ssl::stream_base::client, kTuple);
+  disarm();
+  if (hec) {
+    usable_ = false;
+    co_return ClientReply::local(
+        451, fmt::format("451 4.7.5 TLS handshake with {} failed: {}", peer(), hec.message()));
+  }
+  if (auto err = co_await ehlo()) co_return err;  // RFC 3207 §4.2: start over
+  co_return std::nullopt;
+}
+
+std::string SmtpClient::dot_stuff(std::string_view data) {
+  std::string out;
+  out.reserve(data.size() + data.size() / 64 + 8);
+  bool line_start = true;
+  for (char c : data) {
+    if (line_start && c == '.') out.push_back('.');
+    out.push_back(c);
+    line_start = c == '\n';
+  }
+  if (out.size() < 2 || out.compare(out.size() - 2, 2, "\r\n") != 0) out += "\r\n";
+  out += ".\r\n";
+  return out;
+}
+
+asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& env,
+                                                           std::string_view message,
+                                                           const std::vector<std::size_t>& rcpts) {
+  std::vector<ClientReply> out(rcpts.size());
+  auto all = [&](const ClientReply& r) {
+    for (auto& o : out) o = r;
+    return out;
+  };
+  // After the RCPTs: only the recipients the server took share the fate of the data.
+  auto accepted = [&](const ClientReply& r) {
+    for (auto& o : out)
+      if (o.positive()) o = r;
+    return out;
+  };
+  // What this server cannot take is a permanent failure, not something to retry.
+  if (env.smtputf8 && !smtputf8_)  // RFC 6531 §3.2
+    co_return all(ClientReply::local(
+        550, fmt::format("550 5.6.7 {} does not support SMTPUTF8", peer())));
+  if (size_limit_ && message.size() > size_limit_)
+    co_return all(ClientReply::local(
+        552, fmt::format("552 5.3.4 message too big for {} (limit {})", peer(), size_limit_)));
+  if (env.body == "8BITMIME" && !eightbit_)  // RFC 6152: no downgrade here
+    co_return all(ClientReply::local(
+        554, fmt::format("554 5.6.3 {} does not support 8BITMIME", peer())));
+
+  std::string mail = fmt::format("MAIL FROM:<{}>", env.sender);
+  if (esmtp_ && size_limit_) mail += fmt::format(" SIZE={}", message.size());
+  if (esmtp_ && eightbit_ && !env.body.empty()) mail += " BODY=" + env.body;
+  if (env.smtputf8) mail += " SMTPUTF8";
+  if (dsn_ && !env.ret.empty()) mail += " RET=" + env.ret;
+  if (dsn_ && !env.envid.empty()) mail += " ENVID=" + env.envid;
+  std::vector<std::string> rcpt_lines;
+  for (std::size_t i : rcpts) {
+    const auto& r = env.recipients[i];
+    std::string line = fmt::format("RCPT TO:<{}>", r.address);
+    if (dsn_ && !r.notify.empty()) line += " NOTIFY=" + r.notify;
+    if (dsn_ && !r.orcpt.empty()) line += " ORCPT=" + r.orcpt;
+    rcpt_lines.push_back(std::move(line));
+  }
+
+  // MAIL and the RCPTs in one write when the server pipelines (RFC 2920), else one by one.
+  ClientReply mail_reply;
+  std::vector<ClientReply> rcpt_replies;
+  if (pipelining_) {
+    std::string batch = mail + "\r\n";
+    for (auto& l : rcpt_lines) batch += l + "\r\n";
+    if (!co_await write(batch, opt_.timing->command_timeout)) co_return all(lost("lost connection"));
+    mail_reply = co_await read_reply(opt_.timing->command_timeout);
+    for (std::size_t i = 0; i < rcpt_lines.size(); ++i)
+      rcpt_replies.push_back(co_await read_reply(opt_.timing->command_timeout));
+  } else {
+    mail_reply = co_await command(mail);
+    if (mail_reply.positive())
+      for (auto& l : rcpt_lines) rcpt_replies.push_back(co_await command(l));
+  }
+  if (!mail_reply.positive()) {
+    if (usable_) co_await command("RSET");
+    co_return all(mail_reply);
+  }
+  bool any = false;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i] = rcpt_replies[i];
+    any = any || out[i].positive();
+  }
+  if (!usable_) co_return accepted(lost("lost connection"));
+  if (!any) {
+    co_await command("RSET");
+    co_return out;
+  }
+
+  // Headers Moat decided to add (Authentication-Results, score) go first.
+  std::string head;
+  for (const auto& [name, value] : env.add_headers) head += fmt::format("{}: {}\r\n", name, value);
+  ClientReply final_reply;
+  if (chunking_) {
+    std::uint64_t total = head.size() + message.size();
+    bool needs_crlf = message.size() < 2 || message.substr(message.size() - 2) != "\r\n";
+    if (needs_crlf) total += 2;
+    std::string cmd = fmt::format("BDAT {} LAST\r\n", total) + head;
+    if (!co_await write(cmd, opt_.timing->data_timeout) ||
+        !co_await write(message, opt_.timing->data_timeout) ||
+        (needs_crlf && !co_await write("\r\n", opt_.timing->data_timeout)))
+      co_return accepted(lost("lost connection during BDAT"));
+    final_reply = co_await read_reply(opt_.timing->data_timeout);
+  } else {
+    ClientReply go = co_await command("DATA");
+    if (go.code != 354) {
+      accepted(go.positive() ? lost("unexpected reply to DATA") : go);
+      if (usable_) co_await command("RSET");
+      co_return out;
+    }
+    std::string body = dot_stuff(head + std::string(message));
+    if (!co_await write(body, opt_.timing->data_timeout))
+      co_return accepted(lost("lost connection during DATA"));
+    final_reply = co_await read_reply(opt_.timing->data_timeout);
+  }
+  co_return accepted(final_reply);
+}
+
+asio::awaitable<void> SmtpClient::quit() {
+  if (usable_) co_await command("QUIT");
+  usable_ = false;
+  std::error_code ec;
+  sock_.close(ec);
+}
+
+}  // namespace moat::gateway
