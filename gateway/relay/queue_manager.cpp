@@ -125,14 +125,20 @@ asio::awaitable<void> QueueManager::scheduler() {
 asio::awaitable<std::shared_ptr<SmtpClient>> QueueManager::connect(const policy::Route& route,
                                                                    std::size_t route_index,
                                                                    const policy::Endpoint& host,
-                                                                   ClientReply& error) {
+                                                                   ClientReply& error,
+                                                                   bool allow_reuse,
+                                                                   bool& reused) {
+  reused = false;
   std::string key = host_key(route_index, host);
   auto& idle = idle_[key];
   auto t = std::chrono::steady_clock::now();
-  while (!idle.empty()) {
+  while (allow_reuse && !idle.empty()) {
     Idle i = std::move(idle.back());
     idle.pop_back();
-    if (i.until > t && i.client->usable()) co_return i.client;
+    if (i.until > t && i.client->usable()) {
+      reused = true;
+      co_return i.client;
+    }
     --open_[key];
     asio::co_spawn(io_, i.client->quit(), asio::detached);
   }
@@ -186,13 +192,22 @@ asio::awaitable<void> QueueManager::deliver_route(const policy::Route& route,
                                                   std::vector<ClientReply>& replies) {
   ClientReply error = ClientReply::local(451, "451 4.4.1 no host of the route answered");
   for (const auto& host : route.hosts) {
-    auto client = co_await connect(route, route_index, host, error);
+    bool reused = false;
+    auto client = co_await connect(route, route_index, host, error, true, reused);
     if (!client) {
       spdlog::info("qid={} event=connect_failed relay={} error={}", env.qid, host.to_string(),
                    kv(error.text));
       continue;  // fail over to the next host
     }
     replies = co_await client->send(env, message, rcpts);
+    if (reused && client->lost_before_mail()) {
+      // The backend closed the idle connection meanwhile: nothing was sent, so try once
+      // more on a new one.
+      release(host_key(route_index, host), std::move(client));
+      client = co_await connect(route, route_index, host, error, false, reused);
+      if (!client) continue;
+      replies = co_await client->send(env, message, rcpts);
+    }
     release(host_key(route_index, host), std::move(client));
     for (std::size_t i = 0; i < rcpts.size(); ++i)
       spdlog::info("qid={} event=delivery rcpt={} relay={} status={} reply={}", env.qid,

@@ -57,7 +57,8 @@ class QueueManager {
   asio::awaitable<std::shared_ptr<SmtpClient>> connect(const policy::Route& route,
                                                        std::size_t route_index,
                                                        const policy::Endpoint& host,
-                                                       ClientReply& error);
+                                                       ClientReply& error, bool allow_reuse,
+                                                       bool& reused);
   void release(const std::string& key, std::shared_ptr<SmtpClient> client);
   asio::awaitable<void> bounce(const SpoolEnvelope& env, const std::string& message,
                                const std::vector<std::size_t>& failed);

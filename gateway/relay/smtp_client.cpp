@@ -96,21 +96,26 @@ asio::awaitable<ClientReply> SmtpClient::read_reply(std::chrono::seconds timeout
 }
 
 asio::awaitable<ClientReply> SmtpClient::command(std::string_view line) {
-  if (!co_await write(std::string(line) + "\r\n", opt_.timing->command_timeout))
-    co_return lost("lost connection");
-  co_return co_await read_reply(opt_.timing->command_timeout);
+  // Temporaries are kept out of co_await expressions: GCC 12 mishandles their lifetime there.
+  std::string text = std::string(line) + "\r\n";
+  bool sent = co_await write(text, opt_.timing->command_timeout);
+  if (!sent) co_return lost("lost connection");
+  ClientReply reply = co_await read_reply(opt_.timing->command_timeout);
+  co_return reply;
 }
 
 asio::awaitable<std::optional<ClientReply>> SmtpClient::ehlo() {
   std::vector<std::string> lines;
-  if (!co_await write(fmt::format("EHLO {}\r\n", opt_.helo), opt_.timing->command_timeout))
-    co_return lost("lost connection");
+  std::string ehlo = fmt::format("EHLO {}\r\n", opt_.helo);
+  bool sent = co_await write(ehlo, opt_.timing->command_timeout);
+  if (!sent) co_return lost("lost connection");
   ClientReply r = co_await read_reply(opt_.timing->command_timeout, &lines);
   esmtp_ = pipelining_ = eightbit_ = smtputf8_ = chunking_ = dsn_ = starttls_ = false;
   size_limit_ = 0;
   if (r.permanent() && r.code != 554) {
     // An old server: plain SMTP.
-    r = co_await command(fmt::format("HELO {}", opt_.helo));
+    std::string helo = fmt::format("HELO {}", opt_.helo);
+    r = co_await command(helo);
     if (!r.positive()) co_return r;
     co_return std::nullopt;
   }
@@ -196,6 +201,7 @@ asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& 
                                                            std::string_view message,
                                                            const std::vector<std::size_t>& rcpts) {
   std::vector<ClientReply> out(rcpts.size());
+  lost_before_mail_ = false;
   auto all = [&](const ClientReply& r) {
     for (auto& o : out) o = r;
     return out;
@@ -238,7 +244,10 @@ asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& 
   if (pipelining_) {
     std::string batch = mail + "\r\n";
     for (auto& l : rcpt_lines) batch += l + "\r\n";
-    if (!co_await write(batch, opt_.timing->command_timeout)) co_return all(lost("lost connection"));
+    if (!co_await write(batch, opt_.timing->command_timeout)) {
+      lost_before_mail_ = true;
+      co_return all(lost("lost connection"));
+    }
     mail_reply = co_await read_reply(opt_.timing->command_timeout);
     for (std::size_t i = 0; i < rcpt_lines.size(); ++i)
       rcpt_replies.push_back(co_await read_reply(opt_.timing->command_timeout));
@@ -247,6 +256,7 @@ asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& 
     if (mail_reply.positive())
       for (auto& l : rcpt_lines) rcpt_replies.push_back(co_await command(l));
   }
+  lost_before_mail_ = !usable_ && mail_reply.code == 451 && rcpt_replies.size() <= rcpts.size();
   if (!mail_reply.positive()) {
     if (usable_) co_await command("RSET");
     co_return all(mail_reply);

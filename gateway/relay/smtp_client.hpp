@@ -60,6 +60,9 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   std::string peer() const { return peer_.to_string(); }
   bool tls_active() const { return tls_ != nullptr; }
   bool chunking() const { return chunking_; }
+  // The last send() found the connection dead before the server took MAIL: nothing was
+  // delivered, so the transaction can be retried at once on a fresh connection.
+  bool lost_before_mail() const { return lost_before_mail_; }
 
   // Dot-stuffs `data` for DATA (RFC 5321 §4.5.2) and ends it with CRLF "." CRLF; a message not
   // ending in CRLF gets one.
@@ -83,6 +86,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   std::string in_;
   bool timed_out_ = false;
   bool usable_ = false;
+  bool lost_before_mail_ = false;
   // What the server offers (EHLO keywords).
   bool esmtp_ = false, pipelining_ = false, eightbit_ = false, smtputf8_ = false,
        chunking_ = false, dsn_ = false, starttls_ = false;
