@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gateway/log.hpp"
+#include "gateway/queue_tool.hpp"
 #include "gateway/relay/queue_manager.hpp"
 #include "gateway/server.hpp"
 #include "gateway/spool/spool.hpp"
@@ -33,6 +34,7 @@ constexpr const char* kUsage = R"(usage:
   moat serve [--config FILE]     run the SMTP gateway (embedded default config without --config)
   moat config check FILE         validate a configuration; prints file:line: reason, exit 1 on error
   moat config default            print the embedded default configuration
+  moat queue [--config FILE] list [--json] | show QID | flush [QID] | hold QID | release QID | delete QID
   moat version
 )";
 
@@ -171,6 +173,19 @@ int main(int argc, char** argv) {
   args.erase(args.begin());
   if (cmd == "serve") return serve(args);
   if (cmd == "config") return config_command(args);
+  if (cmd == "queue") {
+    auto config = load(args);
+    if (!config) {
+      fmt::print(stderr, "{}\n", config.error().message);
+      return 1;
+    }
+    for (std::size_t i = 0; i + 1 < args.size(); ++i)
+      if (args[i] == "--config") {
+        args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
+        break;
+      }
+    return gateway::queue_command(*config, args);
+  }
   if (cmd == "version" || cmd == "--version") {
     fmt::print("moat {}\n", MOAT_VERSION);
     return 0;

@@ -6,6 +6,8 @@
 #include <asio/detached.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/use_awaitable.hpp>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
 
 #include "gateway/blocking.hpp"
@@ -103,13 +105,17 @@ asio::awaitable<void> QueueManager::scheduler() {
       ++in_flight_;
       asio::co_spawn(io_, deliver(std::move(d.state), std::move(d.qid)), asio::detached);
     }
-    // Sleep until the next message is due (at most a minute: also the idle-connection sweep),
-    // or until enqueue() or a finished delivery wakes us.
-    auto sleep = std::chrono::seconds(60);
+    // Sleep until the next message is due, or until enqueue() or a finished delivery wakes
+    // us; at most a few seconds, to sweep idle connections and pick up messages that
+    // `moat queue flush/release` moved into active/.
+    auto sleep = std::chrono::seconds(5);
     if (!due_.empty() && in_flight_ < config_.delivery.concurrency)
       sleep = std::min(sleep, std::chrono::seconds(std::max<std::int64_t>(due_.begin()->first - now, 1)));
     wake_.expires_after(sleep);
     co_await wake_.async_wait(kTuple);
+    if (!running_) break;
+    for (const auto& qid : spool_.list("active"))
+      if (!known_.count(qid)) schedule(0, "active", qid);
     auto t = std::chrono::steady_clock::now();
     for (auto& [key, list] : idle_) {
       std::erase_if(list, [&](Idle& idle) {
@@ -227,7 +233,10 @@ asio::awaitable<void> QueueManager::deliver(std::string state, std::string qid) 
   };
   auto msg = co_await offload(blocking_, [&] { return spool_.read(state, qid); });
   if (!msg) {
-    spdlog::error("qid={} event=queue_read_error error={}", qid, kv(msg.error().message));
+    // Gone (delivered meanwhile, or moved by `moat queue hold/delete`) or unreadable.
+    bool gone = msg.error().message.find(std::strerror(ENOENT)) != std::string::npos;
+    if (gone) spdlog::info("qid={} event=gone state={}", qid, state);
+    else spdlog::error("qid={} event=queue_read_error error={}", qid, kv(msg.error().message));
     finish();
     co_return;
   }
