@@ -5,8 +5,12 @@ set -eu
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -q
+# postfix is only a test backend (tests/integration/backend.py runs private instances and
+# smtp-sink): preseeded to "No configuration", its install asks nothing and leaves no system
+# mail service configured (nothing listens on port 25).
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
   build-essential g++ cmake ninja-build pkg-config ca-certificates \
   libasio-dev libssl-dev openssl libtoml11-dev libspdlog-dev libfmt-dev \
   doctest-dev \
-  python3 swaks libnet-ssleay-perl
+  python3 swaks libnet-ssleay-perl postfix

@@ -26,8 +26,11 @@ started and stopped by the test, by PID. Neither ever touches a system-wide Post
       ...
       sink.stop()
 
-Both are context managers (`with PostfixBackend() as pf:`) and have `.stop()`, safe to call
-twice. `ensure_stopped()` is the last-resort cleanup used by stop().
+Both are context managers (`with PostfixBackend() as pf:`). `.stop()` (safe to call twice)
+stops the processes and keeps the temp dir, so that `.start()` again brings the backend back
+on the same port with its mail and log; `.cleanup()` stops and removes the temp dir
+(kept if MOAT_KEEP_TMP is set). Postfix needs root (its master starts as root); use
+postfix_available() / smtp_sink_available() to skip tests.
 """
 
 import grp
@@ -100,6 +103,17 @@ def _listening(host, port):
     return False
 
 
+def _port_free(host, port):
+    """True if we can bind host:port (with SO_REUSEADDR, as the Postfix master does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
 def _wait_port(host, port, deadline, alive=lambda: True):
     """Waits until host:port is in LISTEN state. False on deadline or if not alive()."""
     while time.monotonic() < deadline:
@@ -136,16 +150,19 @@ def _proc_pgid(pid):
         return None
 
 
-def make_self_signed_cert(directory, hostname=BACKEND_HOSTNAME, name="backend"):
-    """A P-256 self-signed certificate for `hostname` (CN and subjectAltName), made with the
-    openssl CLI. Returns (cert_path, key_path); the cert is also its own CA file."""
+def make_self_signed_cert(directory, hostname=BACKEND_HOSTNAME, name="backend",
+                          ip=LOOPBACK):
+    """A P-256 self-signed certificate for `hostname` (CN, and subjectAltName DNS:hostname
+    plus IP:ip unless ip is None), made with the openssl CLI. Returns (cert_path, key_path);
+    the cert is also its own CA file."""
+    san = f"DNS:{hostname}" + (f",IP:{ip}" if ip else "")
     if not OPENSSL:
         raise RuntimeError("openssl CLI not found")
     cert = os.path.join(directory, name + "-cert.pem")
     key = os.path.join(directory, name + "-key.pem")
     subprocess.run(
         [OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}",
+         "-nodes", "-subj", f"/CN={hostname}", "-addext", f"subjectAltName={san}",
          "-days", "2", "-keyout", key, "-out", cert],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
     os.chmod(key, 0o600)
@@ -235,7 +252,8 @@ class Delivery:
                     d.delivered_to = value
             elif name == "received" and f"by {hostname} (Postfix)" in _field_value(fld):
                 d.received = _field_value(fld)
-                m = re.search(r"\bwith (\S+) id (\S+?);?(?:\s|$)", d.received)
+                m = re.search(r"\bby \S+ \(Postfix\)(?: with (\S+))? id ([0-9A-Za-z]+)",
+                              d.received)
                 if m:
                     d.protocol, d.queue_id = m.group(1), m.group(2)
             else:
@@ -287,8 +305,9 @@ class PostfixBackend:
       chunking, pipelining, dsn, eightbitmime, size, enhancedstatuscodes:
                         offer the EHLO keyword or not (smtpd_discard_ehlo_keywords).
       smtputf8:         smtputf8_enable (default True).
-      tls:              offer STARTTLS with a self-signed cert for `hostname` (default False).
-                        `.cert` is then the CA file a client can verify against.
+      tls:              offer STARTTLS with a self-signed cert for `hostname` and 127.0.0.1
+                        (default False). `.cert` is then the CA file a client can verify
+                        against, by either name.
       tls_required:     smtpd_tls_security_level = encrypt (implies tls).
       message_size_limit: bytes (default: Postfix's 10240000).
       log_smtp:         log the SMTP conversation (debug_peer_list = 127.0.0.1) so that
@@ -296,8 +315,9 @@ class PostfixBackend:
       main:             extra main.cf settings {name: value}, applied last.
       port:             a fixed port (default: a free one, re-picked if the bind fails).
       full_check:       let `postfix start` run its integrity check (post-install
-                        create-missing, postsuper, permission checks: ~2 s) instead of making
-                        the queue directories itself and starting with `quick-start`.
+                        create-missing, postsuper, permission checks: ~0.25 s more) instead
+                        of making the queue directories itself and starting with
+                        `quick-start`.
     """
 
     def __init__(self, parent=None, *, hostname=BACKEND_HOSTNAME, domains=(BACKEND_DOMAIN,),
@@ -382,7 +402,7 @@ class PostfixBackend:
             "data_directory": self.data_dir,
             "mail_owner": "postfix",
             "setgid_group": "postdrop",
-            "syslog_name": f"postfix-{self.name}",
+            "syslog_name": f"moat-{self.name}",
             "maillog_file": self.maillog_path,
             "maillog_file_prefixes": os.path.dirname(self.maillog_path),
             "myhostname": self.hostname,
@@ -432,7 +452,6 @@ class PostfixBackend:
             "minimal_backoff_time": "1s",
             "maximal_backoff_time": "2s",
             "delay_warning_time": "0",
-            "smtpd_tls_security_level": "",
         }
         if self.message_size_limit is not None:
             q["message_size_limit"] = str(self.message_size_limit)
@@ -479,6 +498,10 @@ postlog    unix-dgram n - n - 1 postlogd
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(path, mode)
+        # Postfix's dict_load_file() (main.cf, texthash: tables) sleeps in 300 ms steps until
+        # the file is older than a second, in case an editor is still writing it: backdate.
+        past = time.time() - 60
+        os.utime(path, (past, past))
         return path
 
     def write_config(self):
@@ -498,10 +521,11 @@ postlog    unix-dgram n - n - 1 postlogd
                 os.chmod(self.parent, st.st_mode | 0o011)
         self.workdir = tempfile.mkdtemp(prefix=f"moat-{self.name}-", dir=self.parent)
         os.chmod(self.workdir, 0o755)
-        for d in (self.config_dir, self.queue_dir, os.path.dirname(self.maillog_path)):
-            os.mkdir(d, 0o755)
         nobody = pwd.getpwnam("nobody")
-        os.mkdir(self.mail_dir, 0o755)
+        for d in (self.config_dir, self.queue_dir, os.path.dirname(self.maillog_path),
+                  self.mail_dir):
+            os.mkdir(d)
+            os.chmod(d, 0o755)     # whatever the umask
         os.chown(self.mail_dir, nobody.pw_uid, nobody.pw_gid)
         if not self.full_check:
             self._make_queue_dirs()
@@ -522,8 +546,8 @@ postlog    unix-dgram n - n - 1 postlogd
 
     def _make_queue_dirs(self):
         """Creates what `postfix start` would create with its integrity check (which takes
-        ~2 s: post-install runs postconf dozens of times), and the `quick-start` file that
-        makes postfix-script skip that check."""
+        ~0.25 s: post-install runs postconf dozens of times, then postsuper and find), so
+        that start() can skip that check with postfix-script's own `quick-start` file."""
         def ids(user, group):
             return pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
         for name, (user, group, mode) in self.QUEUE_DIRS.items():
@@ -542,35 +566,80 @@ postlog    unix-dgram n - n - 1 postlogd
                               stderr=subprocess.STDOUT, timeout=timeout)
 
     def start(self, timeout=START_TIMEOUT):
-        """Writes the configuration, runs `postfix -c DIR start` and waits until smtpd answers
-        on the port. Retries with another port if the bind fails. Returns self."""
+        """Writes the configuration, runs `postfix -c DIR start` and waits until smtpd listens
+        on the port. The first start picks a free port (another one if the bind fails); a
+        start after stop() keeps the port, the mail and the log. Returns self."""
         if not postfix_available():
             raise RuntimeError("Postfix is not installed or we are not root")
+        if self.running():
+            raise RuntimeError(f"{self.name} is already running")
         t0 = time.monotonic()
         self._prepare()
+        keep_port = bool(self.fixed_port or self.port)
         for attempt in range(5):
-            if not self.fixed_port:
+            if not keep_port:
                 self.port = free_port()
+            # A master that cannot bind takes ~3 s to fail (it sleeps after its fatal error).
+            if not _port_free(self.host, self.port):
+                if keep_port:
+                    raise RuntimeError(f"{self.host}:{self.port} is in use")
+                continue
             self.write_config()
             if not self.full_check:
                 open(os.path.join(self.queue_dir, "quick-start"), "w").close()
+            started = self.log().count(self.STARTED)
             r = self._postfix("start", timeout=timeout)
             out = r.stdout.decode("utf-8", "replace")
             self.master_pid = self._read_pid()
             if r.returncode == 0 and self.master_pid:
                 deadline = time.monotonic() + timeout
                 if _wait_port(self.host, self.port, deadline,
-                              alive=lambda: _pid_alive(self.master_pid)):
+                              alive=lambda: _pid_alive(self.master_pid)) and \
+                        self._wait_logged(self.STARTED, started + 1, deadline):
                     self.start_seconds = time.monotonic() - t0
                     return self
             log = self.log()
             self._kill_all()
             if re.search(r"bind .* port \d+: Address already in use", out + log) \
-                    and not self.fixed_port and attempt < 4:
+                    and not keep_port and attempt < 4:
                 continue
             raise RuntimeError(f"postfix did not start (rc={r.returncode}):\n{out}\n"
                                f"--- maillog ---\n{log}")
         raise RuntimeError("postfix could not bind a port")
+
+    STARTED = "daemon started -- version"   # the master's first log line
+    RELOADED = "reload -- version"
+
+    def _wait_logged(self, text, count, deadline):
+        """Waits until `text` occurs `count` times in the maillog, i.e. until the master's
+        postlogd has written what the master logged."""
+        while self.log().count(text) < count:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def reload(self):
+        """Rewrites the configuration and runs `postfix -c DIR reload`: the master re-reads it
+        and replaces its children (a session in progress finishes with the old settings)."""
+        self.write_config()
+        n = self.log().count(self.RELOADED)
+        r = self._postfix("reload")
+        if r.returncode != 0:
+            raise RuntimeError(f"postfix reload failed: {r.stdout!r}")
+        # Wait until the master has logged the reload, i.e. it has replaced its children.
+        if not self._wait_logged(self.RELOADED, n + 1, time.monotonic() + 5):
+            raise RuntimeError(f"{self.name}: no reload in the maillog after 5 s\n"
+                               f"{self.log()[-3000:]}")
+
+    def set_recipient_access(self, table, default_access=True):
+        """Replaces the check_recipient_access table at run time ({address: reply}), then
+        reload()s."""
+        self.recipient_access = dict(table)
+        if default_access:
+            for k, v in DEFAULT_RECIPIENT_ACCESS.items():
+                self.recipient_access.setdefault(k, v)
+        self.reload()
 
     def _read_pid(self):
         try:
@@ -605,19 +674,24 @@ postlog    unix-dgram n - n - 1 postlogd
     def pids(self):
         return sorted(self._instance_pids())
 
-    def stop(self, timeout=5.0, use_postfix_stop=False):
-        """Stops the instance: SIGTERM to its master (what `postfix stop` does; with
-        use_postfix_stop=True, `postfix -c DIR stop` itself, which polls once a second), waits
-        for it to exit, then SIGKILLs any leftover process of this instance by PID. Keeps the
-        temp dir (see cleanup()). Safe to call twice."""
+    def stop(self, timeout=5.0, use_postfix_stop=True):
+        """Stops the instance: `postfix -c DIR stop` (SIGTERM to the master named in
+        pid/master.pid; the master takes its children down; the script polls `master -t`
+        once a second for up to 5 s, usually done at once), or with use_postfix_stop=False
+        that SIGTERM directly. Then waits for the master to exit and SIGKILLs every leftover
+        process of this instance by PID (processes whose cwd is our queue directory, which
+        no other Postfix has). Keeps the temp dir (see cleanup()). Safe to call twice."""
         if not self.workdir:
             return
         t0 = time.monotonic()
         pid = self._read_pid() or self.master_pid
         if pid and _pid_alive(pid):
             if use_postfix_stop:
-                self._postfix("stop", timeout=timeout + 10)
-            else:
+                try:
+                    self._postfix("stop", timeout=timeout + 10)
+                except subprocess.TimeoutExpired:
+                    pass
+            if _pid_alive(pid) and self._ours(pid):
                 try:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -673,9 +747,21 @@ postlog    unix-dgram n - n - 1 postlogd
                 out += [(box, os.path.join(d, n)) for n in names]
         return out
 
+    RECEIPT_RE = re.compile(r"/cleanup\[\d+\]: ([0-9A-Za-z]+): message-id=", re.M)
+
+    def receipt_order(self):
+        """{queue_id: n}: the order in which cleanup(8) took the messages in (its
+        "message-id=" log line, written when the header is complete)."""
+        order = {}
+        for m in self.RECEIPT_RE.finditer(self.log()):
+            order.setdefault(m.group(1), len(order))
+        return order
+
     def deliveries(self, mailbox=None):
         """Every message delivered so far (to `mailbox`, an address, or to all), in arrival
-        order, as Delivery objects."""
+        order, as Delivery objects. A message for n recipients is n deliveries. Arrival order
+        is the order in which Postfix received the messages (receipt_order(): deliveries may
+        run in parallel and finish in another order), then the Maildir file names' time."""
         items = []
         for box, path in self._maildir_files(mailbox):
             key = self._seen.get(path)
@@ -685,12 +771,14 @@ postlog    unix-dgram n - n - 1 postlogd
                 except FileNotFoundError:
                     continue
             items.append((key, box, path))
-        items.sort()
+        order = self.receipt_order()
         out = []
-        for _, box, path in items:
+        for key, box, path in items:
             with open(path, "rb") as f:
-                out.append(Delivery.parse(path, box, f.read(), self.hostname))
-        return out
+                d = Delivery.parse(path, box, f.read(), self.hostname)
+            out.append(((order.get(d.queue_id, len(order)), key), d))
+        out.sort(key=lambda x: x[0])
+        return [d for _, d in out]
 
     def messages(self, mailbox=None, raw=False):
         """Delivered messages as bytes, in arrival order. By default in wire form (CRLF line
@@ -782,29 +870,30 @@ postlog    unix-dgram n - n - 1 postlogd
 class SinkMessage:
     """One transaction dumped by smtp-sink: its generated headers (envelope) and the message.
 
-    smtp-sink writes LF line ends; `data` is the message in wire form (CRLF), without the
-    sink's X-* and Received fields. The dump format cannot tell a message that ends without
-    a line end from one that ends with one, and smtp-sink appends an empty line after each
-    message, which is removed here."""
+    `mail` / `rcpts` are the MAIL / RCPT arguments after the colon, parameters included
+    ("<a@b> SIZE=12 SMTPUTF8"). `data` is the message in wire form (CRLF), without the sink's
+    X-* and Received fields. NOT byte-exact: smtp-sink drops every CR it reads in DATA (bare
+    CRs vanish, CRLF becomes LF; `data` turns every LF back into CRLF, so a bare LF comes
+    back as CRLF). It does undo dot-stuffing. Use PostfixBackend for byte-exact checks."""
     raw: bytes
     client_addr: str = None
     client_proto: str = None
     helo: str = None
-    mail: str = None            # the MAIL command's arguments, e.g. "FROM:<a@b> SIZE=10"
+    mail: str = None            # the MAIL arguments after "FROM:", e.g. "<a@b> SMTPUTF8"
     rcpts: list = field(default_factory=list)   # the RCPT commands' arguments
     received: str = None
     data: bytes = b""
 
     @property
     def sender(self):
-        m = re.match(r"(?i)FROM:\s*<([^>]*)>", self.mail or "")
+        m = re.match(r"(?i)(?:FROM:)?\s*<([^>]*)>", self.mail or "")
         return m.group(1) if m else None
 
     @property
     def recipients(self):
         out = []
         for r in self.rcpts:
-            m = re.match(r"(?i)TO:\s*<([^>]*)>", r)
+            m = re.match(r"(?i)(?:TO:)?\s*<([^>]*)>", r)
             out.append(m.group(1) if m else r)
         return out
 
@@ -829,10 +918,8 @@ class SinkMessage:
                 m.received = v
                 break
         body = raw[pos:]
-        if body.endswith(b"\n\n"):
+        if body.endswith(b"\n"):    # the LF of the terminating ".<CR><LF>"
             body = body[:-1]
-        elif body == b"\n":
-            body = b""
         m.data = body.replace(b"\n", b"\r\n")
         return m
 
@@ -853,6 +940,9 @@ class SinkBackend:
       data_delay:    -w: seconds to wait before answering DATA.
       command_delays: -W: {command: seconds}.
       eightbitmime, esmtp, enhancedstatuscodes, dsn, pipelining: announce or not (-8 -e -E -N -p).
+      auth, xclient, xforward: announce AUTH / XCLIENT / XFORWARD (default not: -a -C -F).
+                     smtp-sink never offers SIZE, STARTTLS, SMTPUTF8 or CHUNKING (it does
+                     not know BDAT: "500 5.5.1 Error: unknown command").
       verbose:       -v: log the conversation to the stderr log (default True; see log()).
       extra_args:    anything else, passed before the address.
     """
@@ -861,7 +951,8 @@ class SinkBackend:
                  soft_reject=(), hard_reply=None, soft_reply=None, disconnect=(),
                  disconnect_421=(), data_delay=None, command_delays=None, eightbitmime=True,
                  esmtp=True, enhancedstatuscodes=True, dsn=True, pipelining=True,
-                 verbose=True, timeout=100, extra_args=(), port=None, name="sink"):
+                 auth=False, xclient=False, xforward=False, verbose=True, timeout=100,
+                 extra_args=(), port=None, name="sink"):
         self.parent = parent
         self.name = name
         self.hostname = hostname
@@ -876,7 +967,8 @@ class SinkBackend:
         self.command_delays = dict(command_delays or {})
         self.flags = [f for f, on in (("-8", eightbitmime), ("-e", esmtp),
                                       ("-E", enhancedstatuscodes), ("-N", dsn),
-                                      ("-p", pipelining)) if not on]
+                                      ("-p", pipelining), ("-a", auth), ("-C", xclient),
+                                      ("-F", xforward)) if not on]
         self.verbose = verbose
         self.timeout = timeout
         self.extra_args = list(extra_args)
@@ -937,8 +1029,11 @@ class SinkBackend:
                 nobody = pwd.getpwnam("nobody")
                 os.chown(self.workdir, nobody.pw_uid, nobody.pw_gid)
             self.marker = b"=====smtp-sink-message-" + os.urandom(8).hex().encode() + b"====="
+        if self.running():
+            raise RuntimeError(f"{self.name} is already running")
+        keep_port = bool(self.fixed_port or self.port)
         for attempt in range(5):
-            if not self.fixed_port:
+            if not keep_port:
                 self.port = free_port()
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
@@ -949,7 +1044,7 @@ class SinkBackend:
                 return self
             rc = self.proc.poll()
             self.kill()
-            if rc is not None and "in use" in self.log() and not self.fixed_port \
+            if rc is not None and "in use" in self.log() and not keep_port \
                     and attempt < 4:
                 continue
             raise RuntimeError(f"smtp-sink did not start (rc={rc}):\n{self.log()}")
@@ -1000,7 +1095,9 @@ class SinkBackend:
             return ""
 
     def dumped(self):
-        """The dump file's bytes split into transactions (complete or not)."""
+        """The dump file's bytes split into transactions. smtp-sink appends a transaction as
+        a whole when it reads the final ".", before it replies (also when that reply is an
+        error from -f/-r), so what a client saw answered is complete here."""
         try:
             with open(self.dump_path, "rb") as f:
                 data = f.read()
