@@ -1,5 +1,7 @@
 #include "gateway/relay/dsn.hpp"
 
+#include "gateway/rfc5322_date.hpp"
+
 #include <fmt/format.h>
 
 #include <charconv>
@@ -7,14 +9,6 @@
 
 namespace moat::gateway {
 namespace {
-
-std::string rfc5322_date(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-  return buf;
-}
 
 // "550 5.1.1 text" -> "5.1.1"; a reply without an enhanced code gets the generic class code.
 std::string status_of(std::string_view diagnostic) {

@@ -15,6 +15,7 @@
 
 #include "gateway/blocking.hpp"
 #include "gateway/log.hpp"
+#include "gateway/rfc5322_date.hpp"
 #include "gateway/smtp/body_filter.hpp"
 #include "gateway/smtp/command.hpp"
 #include "gateway/smtp/line_buffer.hpp"
@@ -46,16 +47,6 @@ enum State : unsigned {
   kRcpt = 8,    // at least one recipient accepted
 };
 constexpr unsigned kAnyState = kNoHelo | kReady | kMail | kRcpt;
-
-// RFC 5322 date in UTC for the Received header.
-std::string rfc5322_date() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-  return buf;
-}
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -136,6 +127,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Runs the pipeline for `stage`; a final reject/tempfail is sent and true returned.
   asio::awaitable<bool> refused_at(Stage stage);
   bool begin_message();  // opens the spool file and writes the Received header
+  Reply spool_failure(std::string_view why) const;
   asio::awaitable<bool> read_chunk(std::uint64_t size, bool keep);
   void write_out();
   asio::awaitable<void> end_message();
@@ -536,13 +528,17 @@ std::string Session::received_header() const {
   return h;
 }
 
+// Spool errors start with "4.3.1" when storage is full (spool.hpp): 452, else 451.
+Reply Session::spool_failure(std::string_view why) const {
+  spdlog::error("{} event=spool_error error={}", prefix(), kv(why));
+  if (why.rfind("4.3.1", 0) == 0) return {452, "4.3.1", "Insufficient system storage"};
+  return {451, "4.3.0", "Local error in processing"};
+}
+
 bool Session::begin_message() {
   auto file = svc_.spool.create(ctx_.qid);
   if (!file) {
-    spdlog::error("{} event=spool_error error={}", prefix(), kv(file.error().message));
-    bool full = file.error().message.rfind("4.3.1", 0) == 0;
-    send(full ? 452 : 451, full ? "4.3.1" : "4.3.0",
-         full ? "Insufficient system storage" : "Local error in processing");
+    send(spool_failure(file.error().message));
     return false;
   }
   file_ = std::move(*file);
@@ -675,15 +671,6 @@ asio::awaitable<void> Session::end_message() {
     finish("rejected", filter_->reply(), "smtp");
     co_return;
   }
-  if (file_->error()) {
-    bool full = file_->error() == ENOSPC || file_->error() == EDQUOT;
-    spdlog::error("{} event=spool_error error={}", prefix(), kv(std::strerror(file_->error())));
-    finish("tempfail",
-           full ? Reply{452, "4.3.1", "Insufficient system storage"}
-                : Reply{451, "4.3.0", "Local error in processing"},
-           "spool");
-    co_return;
-  }
   ctx_.message_size = filter_->size();
   Verdict v = co_await svc_.pipeline.run(Stage::EndOfData, ctx_);
   std::string_view state = "active";
@@ -735,18 +722,13 @@ asio::awaitable<void> Session::end_message() {
 
   // fsync and rename block: do them on the worker pool while this session waits, so other
   // sessions keep being served. 250 only once the file and its directory entry are on disk.
-  auto committed = co_await offload(svc_.blocking, [&] {
+  std::string why = co_await offload(svc_.blocking, [&] {
     auto done = svc_.spool.commit(*file_, env, state);
     return done ? std::string() : done.error().message;
   });
-  const std::string& why = committed;
   if (!why.empty()) {
-    spdlog::error("{} event=spool_error error={}", prefix(), kv(why));
-    bool full = why.rfind("4.3.1", 0) == 0;
-    finish("tempfail",
-           full ? Reply{452, "4.3.1", "Insufficient system storage"}
-                : Reply{451, "4.3.0", "Local error in processing"},
-           "spool");
+    // Also where a write error during the body surfaces: commit() reports the first one.
+    finish("tempfail", spool_failure(why), "spool");
     co_return;
   }
   if (state == "active" && svc_.queued) svc_.queued(ctx_.qid);
