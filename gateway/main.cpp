@@ -25,6 +25,7 @@
 #include "gateway/tls/tls_context.hpp"
 #include "policy/config.hpp"
 #include "policy/pipeline.hpp"
+#include "policy/recipient_check.hpp"
 
 namespace {
 
@@ -88,7 +89,12 @@ int serve(const std::vector<std::string>& args) {
     spdlog::critical("event=startup_failed error={}", gateway::kv(spool.error().message));
     return 1;
   }
-  policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), {}, policy::Decider(cfg.decider));
+  std::vector<std::unique_ptr<policy::Check>> checks;
+  if (!cfg.relay.recipients_file.empty())
+    checks.push_back(std::make_unique<policy::RecipientCheck>(cfg.relay.recipients_file,
+                                                              policy::RelayCheck(cfg.relay)));
+  policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
+                            policy::Decider(cfg.decider));
   asio::io_context io(1);
   asio::thread_pool blocking(2);
   gateway::QueueManager queue(io, cfg, **spool, blocking);

@@ -271,8 +271,11 @@ void read_tls(Reader& r, const Value& t, TlsConfig& c) {
 }
 
 void read_relay(Reader& r, const Value& t, RelayConfig& c) {
-  r.known_keys(t, "[relay]", {"domains", "trusted_networks"});
+  r.known_keys(t, "[relay]", {"domains", "trusted_networks", "recipients_file"});
   if (r.find(t, "domains")) c.domains = read_domains(r, t, "domains");
+  r.get(t, "recipients_file", c.recipients_file);
+  if (!c.recipients_file.empty() && access(c.recipients_file.c_str(), R_OK) != 0)
+    r.error(*r.find(t, "recipients_file"), fmt::format("cannot read '{}'", c.recipients_file));
   if (r.find(t, "trusted_networks")) {
     c.trusted_networks.clear();
     for (auto& [s, entry] : r.get_strings(t, "trusted_networks")) {

@@ -53,6 +53,9 @@ struct RelayConfig {
   // also matches every subdomain; "[192.0.2.1]" accepts that address literal.
   std::vector<std::string> domains;
   std::vector<Cidr> trusted_networks;  // may relay anywhere
+  // Valid recipients of the relay domains, one per line ("user@example.test", or
+  // "@example.test" for a whole domain); others get 550 5.1.1 at RCPT. "" = no validation.
+  std::string recipients_file;
 };
 
 // Where delivery sends mail for some recipient domains. domains = ["*"] is the default route.

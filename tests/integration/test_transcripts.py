@@ -7,11 +7,13 @@ import os
 import re
 import resource
 import socket
+import subprocess
 import time
 import unittest
 from datetime import datetime, timezone
 
 from harness import (CRLF, HOSTNAME, LOCAL_DOMAIN, ConnectionClosed, MoatTestCase, dot_stuff,
+                     moat_bin,
                      has_bare_cr_or_lf)
 
 SENDER = "sender@example.org"
@@ -814,6 +816,40 @@ class Relay(MoatTestCase):
         self.assertReply(c.cmd(f"MAIL FROM:<{SENDER}> SMTPUTF8"), 250)
         c.send(b"RCPT TO:<\xc3\x28@example.test>\r\n")
         self.assertReply(c.reply(), "5")
+
+
+class RecipientValidation(MoatTestCase):
+
+    def test_unknown_recipients_are_refused_at_rcpt_and_the_file_reloads(self):
+        path = os.path.join(self.tmp, "recipients")
+        with open(path, "w") as f:
+            f.write("# valid recipients\nuser@example.test\n")
+        m = self.start_moat(relay={"recipients_file": path})
+        c = m.connect()
+        c.ehlo()
+        self.assertReply(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<User@Example.test>"), 250, "2.1.5")
+        # No backscatter: an unknown user is refused now, not bounced later (550 5.1.1).
+        self.assertReply(c.cmd("RCPT TO:<nobody@example.test>"), 550, "5.1.1")
+        self.assertReply(c.cmd("RCPT TO:<postmaster>"), 250)  # RFC 5321 4.5.1: always
+        # The relay check still comes first: a foreign domain is a relay refusal.
+        self.assertReply(c.cmd("RCPT TO:<user@elsewhere.example>"), 554, "5.7.1")
+        with open(path, "a") as f:
+            f.write("nobody@example.test\n")
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        time.sleep(1.1)
+        self.assertReply(c.cmd("RCPT TO:<nobody@example.test>"), 250, "2.1.5")
+        self.assertIn("event=refused stage=rcpt check=recipients", m.log())
+
+    def test_unreadable_recipients_file_is_a_config_error(self):
+        from harness import MoatServer
+        s = MoatServer(self.tmp, relay={"recipients_file": os.path.join(self.tmp, "missing")})
+        s.port = 2
+        s.write_config()
+        out = subprocess.run([moat_bin(), "config", "check", s.config_path],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 1)
+        self.assertRegex(out.stderr, r":\d+: cannot read '.*missing'")
 
 
 class Robustness(MoatTestCase):
