@@ -7,6 +7,8 @@ import email
 import email.policy
 import json
 import os
+import random
+import re
 import subprocess
 import time
 import unittest
@@ -187,6 +189,67 @@ class Delivery(MoatTestCase):
         time.sleep(0.3)
         self.assertEqual(len(pf.messages(mailbox=USER)), 1)
         self.assertIn(qid, moat.spool_list("deferred"))
+
+    def test_kill_9_at_random_moments_loses_no_acknowledged_message(self):
+        """Several hundred messages; Moat is killed with SIGKILL at random moments and
+        restarted. Every message that got its 250 must reach the backend at least once."""
+        pf = self.backend()
+        moat = self.moat_for([pf.port])
+        rng = random.Random(int(os.environ.get("MOAT_SEED", "7")))
+        total, acked, kills = 300, set(), 0
+        next_kill = rng.randint(20, 80)
+        i = 0
+        while i < total:
+            c = None
+            try:
+                c = moat.connect()
+                c.ehlo()
+                for _ in range(10):  # a few messages per connection
+                    if i >= total:
+                        break
+                    body = (f"Subject: load {i}\r\nX-Load-Id: {i}\r\n\r\nmessage {i}\r\n"
+                            ).encode()
+                    c.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{USER}>\r\nDATA\r\n".encode())
+                    rs = c.replies(3)
+                    if [r.code for r in rs] != [250, 250, 354]:
+                        break
+                    c.send(dot_stuff(body))
+                    if c.reply().code == 250:
+                        acked.add(i)
+                    i += 1
+                    if i == next_kill:
+                        moat.kill()  # right after a 250, or mid-delivery of earlier ones
+                        kills += 1
+                        next_kill = i + rng.randint(20, 80)
+                        moat.start(keep_port=True)
+                        break
+            except (OSError, AssertionError, ConnectionError):
+                if not moat.running():
+                    moat.start(keep_port=True)
+            finally:
+                if c is not None:
+                    c.close()
+        self.assertGreaterEqual(kills, 3)
+        self.assertGreater(len(acked), total * 0.9)
+        deadline = time.monotonic() + 60
+        seen = {}
+        while time.monotonic() < deadline:
+            seen = {}
+            for d in pf.deliveries(mailbox=USER):
+                m = re.search(rb"X-Load-Id: (\d+)", d.content)
+                if m:
+                    n = int(m.group(1))
+                    seen[n] = seen.get(n, 0) + 1
+            if acked <= set(seen):
+                break
+            time.sleep(0.2)
+        missing = sorted(acked - set(seen))
+        self.assertEqual(missing, [], f"acknowledged but never delivered: {missing}")
+        duplicates = sum(n - 1 for n in seen.values())
+        # At-least-once: a kill between the backend's 250 and Moat's record repeats a delivery.
+        print(f"\ncrash-under-load: sent={total} acked={len(acked)} kills={kills} "
+              f"delivered={len(seen)} duplicates={duplicates}")
+        self.wait_spool_empty(moat, timeout=30)
 
 
 if __name__ == "__main__":
