@@ -136,21 +136,23 @@ asio::awaitable<std::shared_ptr<SmtpClient>> QueueManager::connect(const policy:
                                                                    bool& reused) {
   reused = false;
   std::string key = host_key(route_index, host);
-  auto& idle = idle_[key];
-  auto t = std::chrono::steady_clock::now();
-  while (allow_reuse && !idle.empty()) {
-    Idle i = std::move(idle.back());
-    idle.pop_back();
-    if (i.until > t && i.client->usable()) {
-      reused = true;
-      co_return i.client;
-    }
-    --open_[key];
-    asio::co_spawn(io_, i.client->quit(), asio::detached);
-  }
-  // Per-host connection limit: wait for a slot rather than overrun the backend.
   asio::steady_timer pause(io_);
-  while (open_[key] >= route.max_connections) {
+  while (true) {
+    // An idle connection to this host first; else a new one within the per-host limit; else
+    // wait for one of the two (a delivery finishing returns its connection to the pool).
+    auto& idle = idle_[key];
+    auto t = std::chrono::steady_clock::now();
+    while (allow_reuse && !idle.empty()) {
+      Idle i = std::move(idle.back());
+      idle.pop_back();
+      if (i.until > t && i.client->usable()) {
+        reused = true;
+        co_return i.client;
+      }
+      --open_[key];
+      asio::co_spawn(io_, i.client->quit(), asio::detached);
+    }
+    if (open_[key] < route.max_connections) break;
     pause.expires_after(std::chrono::milliseconds(20));
     co_await pause.async_wait(kTuple);
   }

@@ -231,7 +231,9 @@ class Delivery(MoatTestCase):
                     c.close()
         self.assertGreaterEqual(kills, 3)
         self.assertGreater(len(acked), total * 0.9)
-        deadline = time.monotonic() + 60
+        # Well under delivery.idle_connection (30 s): deliveries must not wait for idle
+        # connections to expire when they could reuse them.
+        deadline = time.monotonic() + 20
         seen = {}
         while time.monotonic() < deadline:
             seen = {}
