@@ -49,6 +49,20 @@ bool valid_utf8(std::string_view s) {
   return true;
 }
 
+std::string ascii_lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+std::string ascii_upper(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+  return out;
+}
+
 bool valid_domain(std::string_view d, bool allow_utf8) {
   if (!d.empty() && d.back() == '.') d.remove_suffix(1);  // a trailing root dot is tolerated
   if (d.empty() || d.size() > 255) return false;

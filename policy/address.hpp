@@ -53,4 +53,8 @@ bool valid_domain(std::string_view domain, bool allow_utf8);
 bool valid_address_literal(std::string_view literal);
 bool valid_utf8(std::string_view s);
 
+// ASCII case mapping (domains, ESMTP keywords); other octets are left alone.
+std::string ascii_lower(std::string_view s);
+std::string ascii_upper(std::string_view s);
+
 }  // namespace moat::policy

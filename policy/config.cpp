@@ -188,14 +188,9 @@ std::optional<Endpoint> parse_endpoint(std::string_view s) {
   return e;
 }
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
-
 // Normalises a relay/route domain: lower case, no trailing dot; "" when invalid.
 std::string normalize_domain(const std::string& raw) {
-  std::string d = lower(raw);
+  std::string d = ascii_lower(raw);
   if (!d.empty() && d.front() == '[') return valid_address_literal(d) ? d : "";
   if (!d.empty() && d.back() == '.') d.pop_back();
   std::string_view body = d;
@@ -428,7 +423,7 @@ std::string Endpoint::to_string() const {
 std::string_view default_config_text() { return kDefaultConfig; }
 
 const Route* Config::route_for(std::string_view domain) const {
-  std::string d = lower(std::string(domain));
+  std::string d = ascii_lower(std::string(domain));
   if (!d.empty() && d.back() == '.') d.pop_back();
   const Route* parent = nullptr;
   const Route* fallback = nullptr;

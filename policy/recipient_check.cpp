@@ -9,13 +9,6 @@
 namespace moat::policy {
 namespace {
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
-  return out;
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
@@ -50,7 +43,7 @@ void RecipientCheck::reload_if_changed() {
   std::string line;
   while (std::getline(in, line)) {
     std::string_view l = trim(std::string_view(line).substr(0, line.find('#')));
-    if (!l.empty()) fresh.insert(lower(l));
+    if (!l.empty()) fresh.insert(ascii_lower(l));
   }
   valid_ = std::move(fresh);
   mtime_ = st.st_mtim;
@@ -60,11 +53,11 @@ void RecipientCheck::reload_if_changed() {
 Verdict RecipientCheck::decide(std::string_view address) {
   auto at = address.rfind('@');
   if (at == std::string_view::npos) return Verdict::next();
-  std::string domain = lower(address.substr(at + 1));
+  std::string domain = ascii_lower(address.substr(at + 1));
   if (!domain.empty() && domain.back() == '.') domain.pop_back();
   if (!relay_.is_local_domain(domain)) return Verdict::next();
   reload_if_changed();
-  std::string full = lower(address.substr(0, at + 1)) + domain;
+  std::string full = ascii_lower(address.substr(0, at + 1)) + domain;
   if (valid_.count(full) || valid_.count("@" + domain)) return Verdict::next();
   return Verdict::reject(550, "5.1.1", "Recipient address rejected: User unknown");
 }

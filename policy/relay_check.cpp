@@ -5,13 +5,6 @@
 namespace moat::policy {
 namespace {
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
-  return out;
-}
-
 Verdict relay_denied(std::string why) {
   return Verdict::reject(554, "5.7.1", "Relay access denied: " + std::move(why));
 }
@@ -20,13 +13,13 @@ Verdict relay_denied(std::string why) {
 
 RelayCheck::RelayCheck(const RelayConfig& config) : trusted_(config.trusted_networks) {
   for (const auto& d : config.domains) {
-    if (d.size() > 1 && d.front() == '.') suffixes_.push_back(lower(d));
-    else exact_.push_back(lower(d));
+    if (d.size() > 1 && d.front() == '.') suffixes_.push_back(ascii_lower(d));
+    else exact_.push_back(ascii_lower(d));
   }
 }
 
 bool RelayCheck::is_local_domain(std::string_view domain) const {
-  std::string d = lower(domain);
+  std::string d = ascii_lower(domain);
   if (!d.empty() && d.back() == '.') d.pop_back();
   if (std::find(exact_.begin(), exact_.end(), d) != exact_.end()) return true;
   // ".example.test" matches example.test itself and every subdomain (config.hpp, README).
@@ -51,7 +44,7 @@ Verdict RelayCheck::decide(const SessionInfo& session, const Path& rcpt) const {
   // Relaying is allowed: no opinion, so that the stage's other checks (recipient validation,
   // rate limits) still run after this one. Accept would end the stage here.
   if (trusted || is_local_domain(m.domain)) return Verdict::next();
-  return relay_denied("we do not relay for " + lower(m.domain));
+  return relay_denied("we do not relay for " + ascii_lower(m.domain));
 }
 
 asio::awaitable<Verdict> RelayCheck::run(Stage, MessageContext& ctx) {

@@ -1,5 +1,7 @@
 #include "gateway/relay/smtp_client.hpp"
 
+#include "policy/address.hpp"
+
 #include <fmt/format.h>
 #include <openssl/ssl.h>
 
@@ -18,13 +20,6 @@ namespace {
 constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
 constexpr std::size_t kMaxReplyLine = 4096;
 constexpr std::size_t kMaxReplyLines = 100;
-
-std::string upper(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return std::toupper(c); });
-  return out;
-}
 
 }  // namespace
 
@@ -122,7 +117,7 @@ asio::awaitable<std::optional<ClientReply>> SmtpClient::ehlo() {
   if (!r.positive()) co_return r;
   esmtp_ = true;
   for (std::size_t i = 1; i < lines.size(); ++i) {
-    std::string kw = upper(lines[i].substr(0, lines[i].find(' ')));
+    std::string kw = policy::ascii_upper(lines[i].substr(0, lines[i].find(' ')));
     if (kw == "PIPELINING") pipelining_ = true;
     else if (kw == "8BITMIME") eightbit_ = true;
     else if (kw == "SMTPUTF8") smtputf8_ = true;

@@ -84,13 +84,6 @@ bool seen(std::vector<std::string_view>& keys, std::string_view key) {
   return false;
 }
 
-std::string upper(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return std::toupper(c); });
-  return out;
-}
-
 Reply path_error(const policy::ParsedPath& p, bool sender) {
   if (p.error == policy::PathError::NeedsUtf8) return {553, "5.6.7", p.reason};
   return {501, sender ? "5.1.7" : "5.1.3",
@@ -144,8 +137,8 @@ std::optional<Reply> parse_mail(std::string_view args, std::uint64_t max_size,
   policy::Envelope e;
   std::vector<std::string_view> keys;
   for (const auto& p : *params) {
-    if (seen(keys, p.key)) return syntax("Duplicate MAIL parameter " + upper(p.key));
-    std::string key = upper(p.key);
+    if (seen(keys, p.key)) return syntax("Duplicate MAIL parameter " + policy::ascii_upper(p.key));
+    std::string key = policy::ascii_upper(p.key);
     if (key == "SIZE") {
       std::uint64_t n = 0;
       if (!p.value || p.value->size() > 20) return syntax("Bad SIZE parameter");
@@ -156,14 +149,14 @@ std::optional<Reply> parse_mail(std::string_view args, std::uint64_t max_size,
       if (n > max_size) return Reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
       e.declared_size = n;
     } else if (key == "BODY") {
-      std::string body = p.value ? upper(*p.value) : "";
+      std::string body = p.value ? policy::ascii_upper(*p.value) : "";
       if (body != "7BIT" && body != "8BITMIME") return Reply{501, "5.5.4", "Unsupported BODY type"};
       e.body = body;
     } else if (key == "SMTPUTF8") {
       if (p.value) return syntax("SMTPUTF8 takes no value");
       e.smtputf8 = true;
     } else if (key == "RET") {
-      std::string ret = p.value ? upper(*p.value) : "";
+      std::string ret = p.value ? policy::ascii_upper(*p.value) : "";
       if (ret != "FULL" && ret != "HDRS") return syntax("RET must be FULL or HDRS");
       e.ret = ret;
     } else if (key == "ENVID") {
@@ -192,11 +185,11 @@ std::optional<Reply> parse_rcpt(std::string_view args, bool smtputf8, policy::Re
   policy::Recipient r;
   std::vector<std::string_view> keys;
   for (const auto& p : *params) {
-    if (seen(keys, p.key)) return syntax("Duplicate RCPT parameter " + upper(p.key));
-    std::string key = upper(p.key);
+    if (seen(keys, p.key)) return syntax("Duplicate RCPT parameter " + policy::ascii_upper(p.key));
+    std::string key = policy::ascii_upper(p.key);
     if (key == "NOTIFY") {
       if (!p.value) return syntax("Bad NOTIFY parameter");
-      std::string v = upper(*p.value);
+      std::string v = policy::ascii_upper(*p.value);
       if (v != "NEVER") {
         std::vector<std::string_view> items;
         std::string_view rest = v;
@@ -215,7 +208,7 @@ std::optional<Reply> parse_rcpt(std::string_view args, bool smtputf8, policy::Re
       auto semi = p.value ? p.value->find(';') : std::string_view::npos;
       if (semi == std::string_view::npos || semi == 0 || p.value->size() > 500)
         return syntax("Bad ORCPT parameter");
-      auto type = upper(p.value->substr(0, semi));
+      auto type = policy::ascii_upper(p.value->substr(0, semi));
       auto addr = p.value->substr(semi + 1);
       bool ok = type == "RFC822" ? valid_xtext(addr) : (type == "UTF-8" && smtputf8 && !addr.empty());
       if (!ok) return syntax("Bad ORCPT parameter");
