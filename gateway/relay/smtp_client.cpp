@@ -251,7 +251,7 @@ asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& 
     if (mail_reply.positive())
       for (auto& l : rcpt_lines) rcpt_replies.push_back(co_await command(l));
   }
-  lost_before_mail_ = !usable_ && mail_reply.code == 451 && rcpt_replies.size() <= rcpts.size();
+  lost_before_mail_ = !usable_ && !mail_reply.positive();
   if (!mail_reply.positive()) {
     if (usable_) co_await command("RSET");
     co_return all(mail_reply);

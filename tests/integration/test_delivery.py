@@ -190,6 +190,21 @@ class Delivery(MoatTestCase):
         self.assertEqual(len(pf.messages(mailbox=USER)), 1)
         self.assertIn(qid, moat.spool_list("deferred"))
 
+    def test_expiry_bounces_once_and_the_bounce_expires_without_a_loop(self):
+        pf = self.backend()
+        pf.stop()  # never comes back
+        moat = self.moat_for([pf.port], max_lifetime=2)
+        qid = self.send(moat, [USER])
+        self.assertIsNotNone(moat.wait_log(rf"qid={qid} event=expired", timeout=15))
+        dsn = moat.wait_log(rf"qid={qid} event=dsn dsn_qid=(\w+) to=<{SENDER}>", timeout=5)
+        self.assertIsNotNone(dsn)
+        # The DSN (from <>) cannot be delivered either; when it expires, nothing answers it.
+        dsn_qid = dsn.group(1)
+        self.assertIsNotNone(moat.wait_log(rf"qid={dsn_qid} event=no_dsn reason=null-sender",
+                                           timeout=15))
+        self.wait_spool_empty(moat, timeout=10)
+        self.assertEqual(len(re.findall(r"event=dsn ", moat.log())), 1)
+
     def test_kill_9_at_random_moments_loses_no_acknowledged_message(self):
         """Several hundred messages; Moat is killed with SIGKILL at random moments and
         restarted. Every message that got its 250 must reach the backend at least once."""
