@@ -74,6 +74,16 @@ SpoolEnvelope minimal_envelope(std::string qid) {
   return e;
 }
 
+// Creates, writes and commits one message into `state`; returns its qid.
+std::string queue_message(Spool& spool, std::string_view body, std::string_view state = "active") {
+  std::string qid = spool.new_qid();
+  auto file = spool.create(qid);
+  REQUIRE(file.ok());
+  (*file)->write(body);
+  REQUIRE(spool.commit(**file, minimal_envelope(qid), state).ok());
+  return qid;
+}
+
 SpoolEnvelope full_envelope(std::string qid) {
   SpoolEnvelope e;
   e.qid = std::move(qid);
@@ -244,11 +254,7 @@ TEST_CASE("spool: commit into another state") {
   auto opened = Spool::open(tmp.path);
   REQUIRE(opened.ok());
   Spool& spool = **opened;
-  std::string qid = spool.new_qid();
-  auto file = spool.create(qid);
-  REQUIRE(file.ok());
-  (*file)->write("quarantined\r\n");
-  REQUIRE(spool.commit(**file, minimal_envelope(qid), "quarantine").ok());
+  std::string qid = queue_message(spool, "quarantined\r\n", "quarantine");
   CHECK(fs::exists(tmp.path + "/quarantine/" + qid));
   CHECK_FALSE(fs::exists(tmp.path + "/active/" + qid));
   auto back = spool.read("quarantine", qid);
@@ -309,21 +315,9 @@ TEST_CASE("spool: recover removes incoming leftovers and moves unreadable files 
   Spool& spool = **opened;
 
   // A good queued message.
-  std::string good = spool.new_qid();
-  {
-    auto file = spool.create(good);
-    REQUIRE(file.ok());
-    (*file)->write("good message\r\n");
-    REQUIRE(spool.commit(**file, minimal_envelope(good)).ok());
-  }
+  std::string good = queue_message(spool, "good message\r\n");
   // A good deferred message.
-  std::string deferred = spool.new_qid();
-  {
-    auto file = spool.create(deferred);
-    REQUIRE(file.ok());
-    (*file)->write("deferred message\r\n");
-    REQUIRE(spool.commit(**file, minimal_envelope(deferred), "deferred").ok());
-  }
+  std::string deferred = queue_message(spool, "deferred message\r\n", "deferred");
   // Leftovers of sessions that never got their 250 (crash during DATA).
   const std::string left1 = spool.new_qid(), left2 = spool.new_qid();
   spit(tmp.path + "/incoming/" + left1, "half a mess");
@@ -401,14 +395,8 @@ TEST_CASE("spool: update appends a newer envelope; a torn update loses nothing")
   auto opened = Spool::open(tmp.path);
   REQUIRE(opened.ok());
   Spool& spool = **opened;
-  std::string qid = spool.new_qid();
   const std::string body = "Subject: x\r\n\r\nmoat-trailer 00000000000000000000\n in the body\r\n";
-  {
-    auto file = spool.create(qid);
-    REQUIRE(file.ok());
-    (*file)->write(body);
-    REQUIRE(spool.commit(**file, minimal_envelope(qid)).ok());
-  }
+  std::string qid = queue_message(spool, body);
   auto first = spool.read("active", qid);
   REQUIRE(first.ok());
   CHECK(first->envelope.message_size == body.size());

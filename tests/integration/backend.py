@@ -289,7 +289,23 @@ def _maildir_key(path):
 # ------------------------------------------------------------------------------------------------
 # Postfix
 
-class PostfixBackend:
+class _Backend:
+    """What both backends share: a context manager that stops and removes its temp dir."""
+
+    def cleanup(self):
+        """stop(), then remove the temp dir (kept when MOAT_KEEP_TMP is set)."""
+        self.stop()
+        if self.workdir and not os.environ.get("MOAT_KEEP_TMP"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start() if not self.running() else self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+
+class PostfixBackend(_Backend):
     """A throwaway, private Postfix instance on a free loopback port.
 
     Arguments (all optional):
@@ -720,17 +736,6 @@ postlog    unix-dgram n - n - 1 postlogd
             time.sleep(0.01)
         raise RuntimeError(f"processes of {self.workdir} survived SIGKILL: {pids}")
 
-    def cleanup(self):
-        """stop(), then remove the temp dir."""
-        self.stop()
-        if self.workdir and not os.environ.get("MOAT_KEEP_TMP"):
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start() if not self.running() else self
-
-    def __exit__(self, *exc):
-        self.cleanup()
 
     # --- delivered mail -----------------------------------------------------------------------
     def _maildir_files(self, mailbox=None):
@@ -924,7 +929,7 @@ class SinkMessage:
         return m
 
 
-class SinkBackend:
+class SinkBackend(_Backend):
     """Postfix's smtp-sink(1) on a free loopback port, started and stopped by PID.
 
     Arguments (all optional):
@@ -1076,16 +1081,6 @@ class SinkBackend:
             self.proc.wait()
         self.proc = None
 
-    def cleanup(self):
-        self.stop()
-        if self.workdir and not os.environ.get("MOAT_KEEP_TMP"):
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start() if not self.running() else self
-
-    def __exit__(self, *exc):
-        self.cleanup()
 
     def log(self):
         try:
