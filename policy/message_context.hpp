@@ -52,6 +52,7 @@ struct MessageContext {
   Envelope envelope;
   const Recipient* current_rcpt = nullptr;  // set during Stage::RcptTo
   std::uint64_t message_size = 0;            // at Stage::EndOfData
+  std::string message;  // at Stage::EndOfData: header + body as received, CRLF line ends
   std::vector<Finding> findings;
   std::vector<std::pair<std::string, std::string>> add_headers;  // prepended at delivery
 
@@ -63,6 +64,7 @@ struct MessageContext {
     envelope = {};
     current_rcpt = nullptr;
     message_size = 0;
+    message.clear();
     findings.clear();
     add_headers.clear();
   }

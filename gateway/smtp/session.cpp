@@ -550,6 +550,9 @@ bool Session::begin_message() {
 
 void Session::write_out() {
   file_->write(chunk_);
+  // End-of-data checks see the message as stored (after the body filter), without the
+  // Received header Moat adds. Bounded by max_message_size: the filter stops emitting beyond it.
+  ctx_.message += chunk_;
   chunk_.clear();
 }
 
