@@ -36,22 +36,7 @@ std::string host_key(std::size_t route_index, const policy::Endpoint& host) {
 QueueManager::QueueManager(asio::io_context& io, const policy::Config& config, Spool& spool,
                            asio::thread_pool& blocking)
     : io_(io), config_(config), spool_(spool), blocking_(blocking), wake_(io) {
-  for (const auto& route : config_.routes) {
-    auto ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
-    SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
-    if (route.tls_verify) {
-      ctx->set_verify_mode(asio::ssl::verify_peer);
-      std::error_code ec;
-      if (route.tls_ca.empty()) ctx->set_default_verify_paths(ec);
-      else ctx->load_verify_file(route.tls_ca, ec);
-      if (ec) spdlog::warn("event=tls_ca_error route={} error={}", route.hosts[0].to_string(), kv(ec.message()));
-    } else {
-      // Opportunistic TLS between our own hosts: encryption without authentication, as
-      // configured. tls_verify = true checks the certificate.
-      ctx->set_verify_mode(asio::ssl::verify_none);
-    }
-    tls_.push_back(std::move(ctx));
-  }
+  for (const auto& route : config_.routes) tls_.push_back(SmtpClient::make_tls_context(route));
 }
 
 std::chrono::seconds QueueManager::backoff(const policy::DeliveryConfig& d, int attempts) {
@@ -163,22 +148,8 @@ asio::awaitable<std::shared_ptr<SmtpClient>> QueueManager::connect(const policy:
   opt.server_name = route.tls_server_name;
   opt.tls_context = tls_[route_index].get();
   opt.timing = &config_.delivery;
-  auto client = std::make_shared<SmtpClient>(io_.get_executor(), host, opt);
-  auto err = co_await client->open();
-  if (err && route.tls == policy::RouteTls::Opportunistic &&
-      err->text.find(" 4.7.5 ") != std::string::npos) {
-    // Opportunistic TLS that fails its handshake: deliver in plaintext rather than not at all.
-    spdlog::warn("event=tls_fallback relay={} error={}", host.to_string(), kv(err->text));
-    opt.tls = policy::RouteTls::None;
-    client = std::make_shared<SmtpClient>(io_.get_executor(), host, opt);
-    err = co_await client->open();
-  }
-  if (err) {
-    --open_[key];
-    error = *err;
-    co_await client->quit();
-    co_return nullptr;
-  }
+  auto client = co_await SmtpClient::connect(io_.get_executor(), host, opt, error);
+  if (!client) --open_[key];
   co_return client;
 }
 
@@ -198,7 +169,7 @@ asio::awaitable<void> QueueManager::deliver_route(const policy::Route& route,
                                                   const std::string& message,
                                                   const std::vector<std::size_t>& rcpts,
                                                   std::vector<ClientReply>& replies) {
-  ClientReply error = ClientReply::local(451, "451 4.4.1 no host of the route answered");
+  ClientReply error = ClientReply::local_failure(451, "451 4.4.1 no host of the route answered");
   for (const auto& host : route.hosts) {
     bool reused = false;
     auto client = co_await connect(route, route_index, host, error, true, reused);

@@ -1,9 +1,11 @@
 #include "gateway/relay/smtp_client.hpp"
 
+#include "gateway/log.hpp"
 #include "policy/address.hpp"
 
 #include <fmt/format.h>
 #include <openssl/ssl.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <asio/connect.hpp>
@@ -26,8 +28,49 @@ constexpr std::size_t kMaxReplyLines = 100;
 SmtpClient::SmtpClient(asio::any_io_executor ex, policy::Endpoint peer, Options options)
     : sock_(ex), timer_(ex), peer_(std::move(peer)), opt_(std::move(options)) {}
 
+std::unique_ptr<asio::ssl::context> SmtpClient::make_tls_context(const policy::Route& route) {
+  auto ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+  SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+  if (route.tls_verify) {
+    ctx->set_verify_mode(asio::ssl::verify_peer);
+    std::error_code ec;
+    if (route.tls_ca.empty()) ctx->set_default_verify_paths(ec);
+    else ctx->load_verify_file(route.tls_ca, ec);
+    if (ec)
+      spdlog::warn("event=tls_ca_error route={} error={}", route.hosts[0].to_string(),
+                   kv(ec.message()));
+  } else {
+    // Opportunistic TLS between our own hosts: encryption without authentication, as
+    // configured. tls_verify = true checks the certificate.
+    ctx->set_verify_mode(asio::ssl::verify_none);
+  }
+  return ctx;
+}
+
+asio::awaitable<std::shared_ptr<SmtpClient>> SmtpClient::connect(asio::any_io_executor ex,
+                                                                 policy::Endpoint host,
+                                                                 Options opt,
+                                                                 ClientReply& error) {
+  auto client = std::make_shared<SmtpClient>(ex, host, opt);
+  auto err = co_await client->open();
+  if (err && opt.tls == policy::RouteTls::Opportunistic &&
+      err->text.find(" 4.7.5 ") != std::string::npos) {
+    // Opportunistic TLS that fails its handshake: deliver in plaintext rather than not at all.
+    spdlog::warn("event=tls_fallback relay={} error={}", host.to_string(), kv(err->text));
+    opt.tls = policy::RouteTls::None;
+    client = std::make_shared<SmtpClient>(ex, host, opt);
+    err = co_await client->open();
+  }
+  if (err) {
+    error = *err;
+    co_await client->quit();
+    co_return nullptr;
+  }
+  co_return client;
+}
+
 ClientReply SmtpClient::lost(std::string_view what) const {
-  return ClientReply::local(
+  return ClientReply::local_failure(
       451, fmt::format("451 4.4.2 {} with {}{}", what, peer_.to_string(),
                        timed_out_ ? " (timeout)" : ""));
 }
@@ -135,12 +178,12 @@ asio::awaitable<std::optional<ClientReply>> SmtpClient::ehlo() {
 asio::awaitable<std::optional<ClientReply>> SmtpClient::open() {
   std::error_code ec;
   auto addr = asio::ip::make_address(peer_.host, ec);
-  if (ec) co_return ClientReply::local(451, "451 4.4.0 bad address " + peer_.host);
+  if (ec) co_return ClientReply::local_failure(451, "451 4.4.0 bad address " + peer_.host);
   arm(opt_.timing->connect_timeout);
   auto [cec] = co_await sock_.async_connect({addr, peer_.port}, kTuple);
   disarm();
   if (cec)
-    co_return ClientReply::local(
+    co_return ClientReply::local_failure(
         451, fmt::format("451 4.4.1 connect to {}: {}", peer_.to_string(),
                          timed_out_ ? "timeout" : cec.message()));
   usable_ = true;
@@ -150,7 +193,7 @@ asio::awaitable<std::optional<ClientReply>> SmtpClient::open() {
   if (opt_.tls == policy::RouteTls::None) co_return std::nullopt;
   if (!starttls_) {
     if (opt_.tls == policy::RouteTls::Required)
-      co_return ClientReply::local(
+      co_return ClientReply::local_failure(
           451, fmt::format("451 4.7.4 {} does not offer STARTTLS (tls = required)", peer()));
     co_return std::nullopt;
   }
@@ -171,7 +214,7 @@ asio::awaitable<std::optional<ClientReply>> SmtpClient::open() {
   disarm();
   if (hec) {
     usable_ = false;
-    co_return ClientReply::local(
+    co_return ClientReply::local_failure(
         451, fmt::format("451 4.7.5 TLS handshake with {} failed: {}", peer(), hec.message()));
   }
   if (auto err = co_await ehlo()) co_return err;  // RFC 3207 §4.2: start over
@@ -192,6 +235,80 @@ std::string SmtpClient::dot_stuff(std::string_view data) {
   return out;
 }
 
+std::optional<ClientReply> SmtpClient::cannot_take(const SpoolEnvelope& env,
+                                                   std::uint64_t size) const {
+  if (env.smtputf8 && !smtputf8_)  // RFC 6531 §3.2
+    return ClientReply::local_failure(
+        550, fmt::format("550 5.6.7 {} does not support SMTPUTF8", peer()));
+  if (size_limit_ && size > size_limit_)
+    return ClientReply::local_failure(
+        552, fmt::format("552 5.3.4 message too big for {} (limit {})", peer(), size_limit_));
+  if (env.body == "8BITMIME" && !eightbit_)  // RFC 6152: no downgrade here
+    return ClientReply::local_failure(
+        554, fmt::format("554 5.6.3 {} does not support 8BITMIME", peer()));
+  return std::nullopt;
+}
+
+std::string SmtpClient::mail_command(const SpoolEnvelope& env, std::uint64_t size) const {
+  std::string mail = fmt::format("MAIL FROM:<{}>", env.sender);
+  if (esmtp_ && size_limit_ && size) mail += fmt::format(" SIZE={}", size);
+  if (esmtp_ && eightbit_ && !env.body.empty()) mail += " BODY=" + env.body;
+  if (env.smtputf8) mail += " SMTPUTF8";
+  if (dsn_ && !env.ret.empty()) mail += " RET=" + env.ret;
+  if (dsn_ && !env.envid.empty()) mail += " ENVID=" + env.envid;
+  return mail;
+}
+
+std::string SmtpClient::rcpt_command(const SpoolRecipient& r) const {
+  std::string line = fmt::format("RCPT TO:<{}>", r.address);
+  if (dsn_ && !r.notify.empty()) line += " NOTIFY=" + r.notify;
+  if (dsn_ && !r.orcpt.empty()) line += " ORCPT=" + r.orcpt;
+  return line;
+}
+
+asio::awaitable<ClientReply> SmtpClient::mail(const SpoolEnvelope& env, std::uint64_t size) {
+  if (auto refused = cannot_take(env, size)) co_return *refused;
+  std::string line = mail_command(env, size);
+  ClientReply r = co_await command(line);
+  co_return r;
+}
+
+asio::awaitable<ClientReply> SmtpClient::rcpt(const SpoolRecipient& r) {
+  std::string line = rcpt_command(r);
+  ClientReply reply = co_await command(line);
+  co_return reply;
+}
+
+asio::awaitable<void> SmtpClient::rset() {
+  if (usable_) co_await command("RSET");
+}
+
+asio::awaitable<ClientReply> SmtpClient::data(std::string_view head, std::string_view message) {
+  if (chunking_) {
+    std::uint64_t total = head.size() + message.size();
+    bool needs_crlf = message.size() < 2 || message.substr(message.size() - 2) != "\r\n";
+    if (needs_crlf) total += 2;
+    std::string cmd = fmt::format("BDAT {} LAST\r\n", total) + std::string(head);
+    if (!co_await write(cmd, opt_.timing->data_timeout) ||
+        !co_await write(message, opt_.timing->data_timeout) ||
+        (needs_crlf && !co_await write("\r\n", opt_.timing->data_timeout)))
+      co_return lost("lost connection during BDAT");
+    ClientReply r = co_await read_reply(opt_.timing->data_timeout);
+    co_return r;
+  }
+  ClientReply go = co_await command("DATA");
+  if (go.code != 354) {
+    if (go.positive()) go = lost("unexpected reply to DATA");
+    co_await rset();
+    co_return go;
+  }
+  std::string body = dot_stuff(std::string(head) + std::string(message));
+  if (!co_await write(body, opt_.timing->data_timeout))
+    co_return lost("lost connection during DATA");
+  ClientReply r = co_await read_reply(opt_.timing->data_timeout);
+  co_return r;
+}
+
 asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& env,
                                                            std::string_view message,
                                                            const std::vector<std::size_t>& rcpts) {
@@ -208,52 +325,29 @@ asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& 
     return out;
   };
   // What this server cannot take is a permanent failure, not something to retry.
-  if (env.smtputf8 && !smtputf8_)  // RFC 6531 §3.2
-    co_return all(ClientReply::local(
-        550, fmt::format("550 5.6.7 {} does not support SMTPUTF8", peer())));
-  if (size_limit_ && message.size() > size_limit_)
-    co_return all(ClientReply::local(
-        552, fmt::format("552 5.3.4 message too big for {} (limit {})", peer(), size_limit_)));
-  if (env.body == "8BITMIME" && !eightbit_)  // RFC 6152: no downgrade here
-    co_return all(ClientReply::local(
-        554, fmt::format("554 5.6.3 {} does not support 8BITMIME", peer())));
-
-  std::string mail = fmt::format("MAIL FROM:<{}>", env.sender);
-  if (esmtp_ && size_limit_) mail += fmt::format(" SIZE={}", message.size());
-  if (esmtp_ && eightbit_ && !env.body.empty()) mail += " BODY=" + env.body;
-  if (env.smtputf8) mail += " SMTPUTF8";
-  if (dsn_ && !env.ret.empty()) mail += " RET=" + env.ret;
-  if (dsn_ && !env.envid.empty()) mail += " ENVID=" + env.envid;
-  std::vector<std::string> rcpt_lines;
-  for (std::size_t i : rcpts) {
-    const auto& r = env.recipients[i];
-    std::string line = fmt::format("RCPT TO:<{}>", r.address);
-    if (dsn_ && !r.notify.empty()) line += " NOTIFY=" + r.notify;
-    if (dsn_ && !r.orcpt.empty()) line += " ORCPT=" + r.orcpt;
-    rcpt_lines.push_back(std::move(line));
-  }
+  if (auto refused = cannot_take(env, message.size())) co_return all(*refused);
 
   // MAIL and the RCPTs in one write when the server pipelines (RFC 2920), else one by one.
   ClientReply mail_reply;
   std::vector<ClientReply> rcpt_replies;
   if (pipelining_) {
-    std::string batch = mail + "\r\n";
-    for (auto& l : rcpt_lines) batch += l + "\r\n";
+    std::string batch = mail_command(env, message.size()) + "\r\n";
+    for (std::size_t i : rcpts) batch += rcpt_command(env.recipients[i]) + "\r\n";
     if (!co_await write(batch, opt_.timing->command_timeout)) {
       lost_before_mail_ = true;
       co_return all(lost("lost connection"));
     }
     mail_reply = co_await read_reply(opt_.timing->command_timeout);
-    for (std::size_t i = 0; i < rcpt_lines.size(); ++i)
+    for (std::size_t i = 0; i < rcpts.size(); ++i)
       rcpt_replies.push_back(co_await read_reply(opt_.timing->command_timeout));
   } else {
-    mail_reply = co_await command(mail);
+    mail_reply = co_await mail(env, message.size());
     if (mail_reply.positive())
-      for (auto& l : rcpt_lines) rcpt_replies.push_back(co_await command(l));
+      for (std::size_t i : rcpts) rcpt_replies.push_back(co_await rcpt(env.recipients[i]));
   }
   lost_before_mail_ = !usable_ && !mail_reply.positive();
   if (!mail_reply.positive()) {
-    if (usable_) co_await command("RSET");
+    co_await rset();
     co_return all(mail_reply);
   }
   bool any = false;
@@ -263,36 +357,13 @@ asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& 
   }
   if (!usable_) co_return accepted(lost("lost connection"));
   if (!any) {
-    co_await command("RSET");
+    co_await rset();
     co_return out;
   }
-
   // Headers Moat decided to add (Authentication-Results, score) go first.
   std::string head;
   for (const auto& [name, value] : env.add_headers) head += fmt::format("{}: {}\r\n", name, value);
-  ClientReply final_reply;
-  if (chunking_) {
-    std::uint64_t total = head.size() + message.size();
-    bool needs_crlf = message.size() < 2 || message.substr(message.size() - 2) != "\r\n";
-    if (needs_crlf) total += 2;
-    std::string cmd = fmt::format("BDAT {} LAST\r\n", total) + head;
-    if (!co_await write(cmd, opt_.timing->data_timeout) ||
-        !co_await write(message, opt_.timing->data_timeout) ||
-        (needs_crlf && !co_await write("\r\n", opt_.timing->data_timeout)))
-      co_return accepted(lost("lost connection during BDAT"));
-    final_reply = co_await read_reply(opt_.timing->data_timeout);
-  } else {
-    ClientReply go = co_await command("DATA");
-    if (go.code != 354) {
-      accepted(go.positive() ? lost("unexpected reply to DATA") : go);
-      if (usable_) co_await command("RSET");
-      co_return out;
-    }
-    std::string body = dot_stuff(head + std::string(message));
-    if (!co_await write(body, opt_.timing->data_timeout))
-      co_return accepted(lost("lost connection during DATA"));
-    final_reply = co_await read_reply(opt_.timing->data_timeout);
-  }
+  ClientReply final_reply = co_await data(head, message);
   co_return accepted(final_reply);
 }
 

@@ -26,10 +26,13 @@ namespace moat::gateway {
 // A reply as the server gave it, or as Moat made one up for a local or network failure.
 struct ClientReply {
   int code = 0;
-  std::string text;  // the whole first line without CRLF, e.g. "550 5.1.1 <x>: unknown"
+  std::string text;    // the whole first line without CRLF, e.g. "550 5.1.1 <x>: unknown"
+  bool local = false;  // made up by Moat (network failure, timeout, missing extension)
   bool positive() const { return code >= 200 && code < 300; }
   bool permanent() const { return code >= 500; }
-  static ClientReply local(int code, std::string text) { return {code, std::move(text)}; }
+  static ClientReply local_failure(int code, std::string text) {
+    return {code, std::move(text), true};
+  }
 };
 
 class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
@@ -44,6 +47,17 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
 
   SmtpClient(asio::any_io_executor ex, policy::Endpoint peer, Options options);
 
+  // The client TLS context for a route: TLS 1.2 or later, certificate verification as the
+  // route says.
+  static std::unique_ptr<asio::ssl::context> make_tls_context(const policy::Route& route);
+
+  // A new connection to `host`, opened (see open()). An opportunistic-TLS route whose handshake
+  // fails is retried in plaintext. nullptr and `error` set when it could not be opened.
+  static asio::awaitable<std::shared_ptr<SmtpClient>> connect(asio::any_io_executor ex,
+                                                              policy::Endpoint host,
+                                                              Options options,
+                                                              ClientReply& error);
+
   // Connects and gets ready for MAIL: greeting, EHLO (HELO if refused), STARTTLS as the route
   // asks, EHLO again. nullopt on success, else why it failed.
   asio::awaitable<std::optional<ClientReply>> open();
@@ -53,6 +67,17 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   asio::awaitable<std::vector<ClientReply>> send(const SpoolEnvelope& env,
                                                  std::string_view message,
                                                  const std::vector<std::size_t>& rcpts);
+
+  // The same transaction one step at a time, for the before-queue proxy and recipient
+  // callouts. mail(): what this server cannot take (SMTPUTF8, 8BITMIME, SIZE) is refused
+  // locally with a 5xx; `size` is the declared or known message size, 0 if unknown.
+  asio::awaitable<ClientReply> mail(const SpoolEnvelope& env, std::uint64_t size);
+  asio::awaitable<ClientReply> rcpt(const SpoolRecipient& r);
+  // Sends `head` (header fields Moat adds) and `message` with BDAT when offered, else DATA,
+  // and returns the final reply.
+  asio::awaitable<ClientReply> data(std::string_view head, std::string_view message);
+  // Ends the transaction so that the connection can carry another.
+  asio::awaitable<void> rset();
 
   // Whether the connection can carry another transaction.
   bool usable() const { return usable_; }
@@ -77,6 +102,9 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   asio::awaitable<ClientReply> command(std::string_view line);
   asio::awaitable<std::optional<ClientReply>> ehlo();
   ClientReply lost(std::string_view what) const;
+  std::optional<ClientReply> cannot_take(const SpoolEnvelope& env, std::uint64_t size) const;
+  std::string mail_command(const SpoolEnvelope& env, std::uint64_t size) const;
+  std::string rcpt_command(const SpoolRecipient& r) const;
 
   asio::ip::tcp::socket sock_;
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
