@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
 #include <asio/steady_timer.hpp>
@@ -19,6 +20,7 @@
 
 #include "gateway/log.hpp"
 #include "gateway/queue_tool.hpp"
+#include "gateway/relay/callout_check.hpp"
 #include "gateway/relay/queue_manager.hpp"
 #include "gateway/server.hpp"
 #include "gateway/spool/spool.hpp"
@@ -93,13 +95,23 @@ int serve(const std::vector<std::string>& args) {
   if (!cfg.relay.recipients_file.empty())
     checks.push_back(std::make_unique<policy::RecipientCheck>(cfg.relay.recipients_file,
                                                               policy::RelayCheck(cfg.relay)));
+  asio::io_context io(1);
+  if (cfg.relay.callout)
+    checks.push_back(std::make_unique<gateway::CalloutCheck>(io.get_executor(), cfg));
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
                             policy::Decider(cfg.decider));
-  asio::io_context io(1);
   asio::thread_pool blocking(2);
   gateway::QueueManager queue(io, cfg, **spool, blocking);
   gateway::Services services{cfg, pipeline, **spool, **tls, blocking,
                              [&queue](const std::string& qid) { queue.enqueue(qid); }};
+  std::unique_ptr<asio::ssl::context> proxy_tls;
+  bool proxying = std::any_of(cfg.server.listen.begin(), cfg.server.listen.end(), [](auto& l) {
+    return l.mode == policy::ListenerMode::Proxy;
+  });
+  if (const auto* route = cfg.proxy_route(); route && proxying) {
+    proxy_tls = gateway::SmtpClient::make_tls_context(*route);
+    services.proxy_tls = proxy_tls.get();
+  }
   gateway::Server server(io, services);
   if (auto bound = server.bind(); !bound) {
     spdlog::critical("event=startup_failed error={}", gateway::kv(bound.error().message));
@@ -139,7 +151,9 @@ int serve(const std::vector<std::string>& args) {
   server.start();
   queue.start();
   std::string listen;
-  for (const auto& l : cfg.server.listen) listen += (listen.empty() ? "" : ",") + l.to_string();
+  for (const auto& l : cfg.server.listen)
+    listen += (listen.empty() ? "" : ",") + l.address.to_string() +
+              (l.mode == policy::ListenerMode::Proxy ? "(proxy)" : "");
   spdlog::info("event=ready version={} config={} listen={} hostname={} relay_domains={}",
                MOAT_VERSION, gateway::kv(cfg.source), listen, cfg.server.hostname,
                cfg.relay.domains.size());

@@ -26,7 +26,8 @@ Server::Server(asio::io_context& io, Services& services)
                                           .count())) {}
 
 Result<bool> Server::bind() {
-  for (const auto& ep : services_.config.server.listen) {
+  for (const auto& listener : services_.config.server.listen) {
+    const auto& ep = listener.address;
     std::error_code ec;
     auto addr = asio::ip::make_address(ep.host, ec);
     if (ec) return Result<bool>::fail(fmt::format("listen {}: {}", ep.to_string(), ec.message()));
@@ -38,7 +39,7 @@ Result<bool> Server::bind() {
     if (!ec) acceptor.bind(endpoint, ec);
     if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return Result<bool>::fail(fmt::format("listen {}: {}", ep.to_string(), ec.message()));
-    acceptors_.push_back(std::move(acceptor));
+    acceptors_.push_back({std::move(acceptor), &listener});
   }
   return true;
 }
@@ -50,11 +51,12 @@ void Server::start() {
 void Server::stop() {
   for (auto& a : acceptors_) {
     std::error_code ec;
-    a.close(ec);
+    a.acceptor.close(ec);
   }
 }
 
-asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
+asio::awaitable<void> Server::accept_loop(Acceptor& a) {
+  tcp::acceptor& acceptor = a.acceptor;
   while (acceptor.is_open()) {
     auto [ec, socket] = co_await acceptor.async_accept(asio::experimental::as_tuple(asio::use_awaitable));
     if (ec) {
@@ -65,11 +67,11 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
       co_await pause.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
       continue;
     }
-    asio::co_spawn(io_, serve(std::move(socket)), asio::detached);
+    asio::co_spawn(io_, serve(std::move(socket), *a.listener), asio::detached);
   }
 }
 
-asio::awaitable<void> Server::serve(tcp::socket socket) {
+asio::awaitable<void> Server::serve(tcp::socket socket, const policy::Listener& listener) {
   std::string sid = fmt::format("{}.{}", sid_prefix_, ++next_sid_);
   std::error_code ec;
   auto remote = socket.remote_endpoint(ec);
@@ -91,7 +93,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
   }
   ++active_;
   ++per_ip_[key];
-  co_await run_session(std::move(socket), services_, sid);
+  co_await run_session(std::move(socket), services_, listener, sid);
   --active_;
   if (--per_ip_[key] == 0) per_ip_.erase(key);
 }

@@ -26,12 +26,16 @@ class Server {
   std::size_t sessions() const { return active_; }
 
  private:
-  asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
-  asio::awaitable<void> serve(asio::ip::tcp::socket socket);
+  struct Acceptor {
+    asio::ip::tcp::acceptor acceptor;
+    const policy::Listener* listener;
+  };
+  asio::awaitable<void> accept_loop(Acceptor& a);
+  asio::awaitable<void> serve(asio::ip::tcp::socket socket, const policy::Listener& listener);
 
   asio::io_context& io_;
   Services& services_;
-  std::vector<asio::ip::tcp::acceptor> acceptors_;
+  std::vector<Acceptor> acceptors_;
   std::size_t active_ = 0;
   std::unordered_map<std::string, std::size_t> per_ip_;
   std::string sid_prefix_;

@@ -214,6 +214,32 @@ std::string system_hostname() {
   return buf;
 }
 
+// One `listen` entry: "ADDRESS:PORT", or a table with the address and its mode.
+void read_listener(Reader& r, const Value& entry, std::vector<Listener>& out) {
+  Listener l;
+  std::string address;
+  if (entry.is_string()) {
+    address = entry.as_string().str;
+  } else if (entry.is_table()) {
+    r.known_keys(entry, "a listen entry", {"address", "mode", "proxy_timeout"});
+    r.get(entry, "address", address);
+    std::string mode = "queue";
+    r.get(entry, "mode", mode);
+    if (mode == "proxy") l.mode = ListenerMode::Proxy;
+    else if (mode != "queue") r.error(entry, "'mode' must be \"queue\" or \"proxy\"");
+    r.get_duration(entry, "proxy_timeout", l.proxy_timeout);
+  } else {
+    r.error(entry, "'listen' entries must be \"ADDRESS:PORT\" or { address = ..., mode = ... }");
+    return;
+  }
+  if (auto e = parse_endpoint(address)) {
+    l.address = *e;
+    out.push_back(l);
+  } else {
+    r.error(entry, fmt::format("'{}' is not ADDRESS:PORT", address));
+  }
+}
+
 void read_server(Reader& r, const Value& t, ServerConfig& s) {
   r.known_keys(t, "[server]",
                {"hostname", "listen", "spool_dir", "max_message_size", "max_recipients",
@@ -222,13 +248,12 @@ void read_server(Reader& r, const Value& t, ServerConfig& s) {
   r.get(t, "hostname", s.hostname);
   if (!s.hostname.empty() && !valid_domain(s.hostname, false))
     r.error(*r.find(t, "hostname"), fmt::format("'{}' is not a valid host name", s.hostname));
-  if (r.find(t, "listen")) {
+  if (auto* v = r.find(t, "listen")) {
     s.listen.clear();
-    for (auto& [l, at] : r.get_strings(t, "listen")) {
-      if (auto e = parse_endpoint(l)) s.listen.push_back(*e);
-      else r.error(*at, fmt::format("'{}' is not ADDRESS:PORT", l));
-    }
-    if (s.listen.empty()) r.error(*r.find(t, "listen"), "'listen' must name at least one address");
+    if (!v->is_array()) r.error(*v, "'listen' must be an array");
+    else
+      for (const auto& entry : v->as_array()) read_listener(r, entry, s.listen);
+    if (s.listen.empty()) r.error(*v, "'listen' must name at least one address");
   }
   r.get(t, "spool_dir", s.spool_dir);
   r.get_size(t, "max_message_size", s.max_message_size);
@@ -266,7 +291,13 @@ void read_tls(Reader& r, const Value& t, TlsConfig& c) {
 }
 
 void read_relay(Reader& r, const Value& t, RelayConfig& c) {
-  r.known_keys(t, "[relay]", {"domains", "trusted_networks", "recipients_file"});
+  r.known_keys(t, "[relay]", {"domains", "trusted_networks", "recipients_file", "callout",
+                              "callout_positive_ttl", "callout_negative_ttl",
+                              "callout_timeout"});
+  r.get(t, "callout", c.callout);
+  r.get_duration(t, "callout_positive_ttl", c.callout_positive_ttl);
+  r.get_duration(t, "callout_negative_ttl", c.callout_negative_ttl);
+  r.get_duration(t, "callout_timeout", c.callout_timeout);
   if (r.find(t, "domains")) c.domains = read_domains(r, t, "domains");
   r.get(t, "recipients_file", c.recipients_file);
   if (!c.recipients_file.empty() && access(c.recipients_file.c_str(), R_OK) != 0)
@@ -374,7 +405,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   Config c;
   c.source = name;
   c.server.spool_dir = "/var/spool/moat";
-  c.server.listen = {{"127.0.0.1", 2525}};
+  c.server.listen = {Listener{{"127.0.0.1", 2525}}};
   r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider"});
   auto section = [&](const char* key, auto fn) {
     if (auto* v = r.find(root, key)) {
@@ -402,6 +433,20 @@ Result<Config> load(std::istream& in, const std::string& name) {
     }
   }
   if (c.server.hostname.empty()) c.server.hostname = system_hostname();
+  for (const auto& l : c.server.listen)
+    if (l.mode == ListenerMode::Proxy && !c.proxy_route()) {
+      r.error(*r.find(*r.find(root, "server"), "listen"),
+              "a proxy listener needs a backend: a [[route]] with domains = [\"*\"], or only "
+              "one [[route]]");
+      break;
+    }
+  if (c.relay.callout)
+    for (const auto& d : c.relay.domains)
+      if (!c.route_for(d[0] == '.' ? d.substr(1) : d)) {
+        r.error(*r.find(*r.find(root, "relay"), "callout"),
+                fmt::format("callout = true but relay domain '{}' has no [[route]] to ask", d));
+        break;
+      }
   if (c.relay.domains.empty() && c.relay.trusted_networks.empty())
     r.error_line(1, "relay.domains is empty and there are no trusted_networks: no mail would be "
                     "accepted");
@@ -438,6 +483,12 @@ const Route* Config::route_for(std::string_view domain) const {
     }
   }
   return parent ? parent : fallback;
+}
+
+const Route* Config::proxy_route() const {
+  for (const auto& route : routes)
+    if (route.domains.size() == 1 && route.domains[0] == "*") return &route;
+  return routes.size() == 1 ? &routes[0] : nullptr;
 }
 
 Result<Config> load_config_file(const std::string& path) {

@@ -23,10 +23,23 @@ struct Endpoint {
 
 enum class BareNewline { Reject, Normalize };
 enum class RouteTls { None, Opportunistic, Required };
+enum class ListenerMode {
+  Queue,  // accepted mail is spooled, then delivered (250 once it is on disk)
+  Proxy,  // before-queue: the transaction is relayed live to the backend, whose reply counts
+};
+
+struct Listener {
+  Endpoint address;
+  ListenerMode mode = ListenerMode::Queue;
+  // Proxy: the longest wait for the backend (connect, each reply); then 451 4.4.1.
+  std::chrono::seconds proxy_timeout{100};
+};
 
 struct ServerConfig {
   std::string hostname;                  // default: the system's host name
-  std::vector<Endpoint> listen;
+  // `listen` entries: "ADDRESS:PORT" (queue mode) or
+  // { address = "ADDRESS:PORT", mode = "queue" | "proxy", proxy_timeout = "100s" }.
+  std::vector<Listener> listen;
   std::string spool_dir;
   std::uint64_t max_message_size = 25 * 1024 * 1024;
   std::size_t max_recipients = 100;      // RFC 5321 §4.5.3.1.8 minimum
@@ -56,6 +69,13 @@ struct RelayConfig {
   // Valid recipients of the relay domains, one per line ("user@example.test", or
   // "@example.test" for a whole domain); others get 550 5.1.1 at RCPT. "" = no validation.
   std::string recipients_file;
+  // Recipient callout (like Postfix reject_unverified_recipient): each new recipient of a relay
+  // domain is probed with RCPT at its route's backend; the answer is cached. 5xx → 550 5.1.1,
+  // no answer or 4xx → 450 4.1.1 (never an accept on a failed probe).
+  bool callout = false;
+  std::chrono::seconds callout_positive_ttl{24 * 3600};
+  std::chrono::seconds callout_negative_ttl{3600};
+  std::chrono::seconds callout_timeout{30};
 };
 
 // Where delivery sends mail for some recipient domains. domains = ["*"] is the default route.
@@ -99,6 +119,9 @@ struct Config {
   // The route for a recipient domain (any case, optional trailing dot): exact entry, then
   // ".parent" entries, then "*"; nullptr when there is none.
   const Route* route_for(std::string_view domain) const;
+  // The backend of proxy listeners: the default route, or the only route. nullptr if neither
+  // exists (load_config refuses a proxy listener then).
+  const Route* proxy_route() const;
 };
 
 // The configuration `moat serve` runs with when no --config is given: an ordinary user can start

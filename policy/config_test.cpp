@@ -55,9 +55,9 @@ TEST_CASE("the embedded default configuration loads") {
   CHECK(c.source == "<embedded default>");
   // What `moat serve` needs to run as an ordinary user: loopback only, example.test.
   REQUIRE(c.server.listen.size() == 1);
-  CHECK(c.server.listen[0].host == "127.0.0.1");
-  CHECK(c.server.listen[0].port == 2525);
-  CHECK(c.server.listen[0].to_string() == "127.0.0.1:2525");
+  CHECK(c.server.listen[0].address.host == "127.0.0.1");
+  CHECK(c.server.listen[0].address.port == 2525);
+  CHECK(c.server.listen[0].address.to_string() == "127.0.0.1:2525");
   CHECK(c.relay.domains == std::vector<std::string>{"example.test"});
   CHECK(c.relay.trusted_networks.empty());
   CHECK(c.server.spool_dir == "moat-spool");
@@ -127,11 +127,11 @@ quarantine_score = 7.5
   const Config& c = *r;
   CHECK(c.server.hostname == "mx.example.test");
   REQUIRE(c.server.listen.size() == 2);
-  CHECK(c.server.listen[0].host == "0.0.0.0");
-  CHECK(c.server.listen[0].port == 25);
-  CHECK(c.server.listen[1].host == "::1");
-  CHECK(c.server.listen[1].port == 2525);
-  CHECK(c.server.listen[1].to_string() == "[::1]:2525");
+  CHECK(c.server.listen[0].address.host == "0.0.0.0");
+  CHECK(c.server.listen[0].address.port == 25);
+  CHECK(c.server.listen[1].address.host == "::1");
+  CHECK(c.server.listen[1].address.port == 2525);
+  CHECK(c.server.listen[1].address.to_string() == "[::1]:2525");
   CHECK(c.server.max_message_size == 512u * 1024);
   CHECK(c.server.command_timeout == 5min);
   CHECK(c.server.data_timeout == 30s);
@@ -240,6 +240,48 @@ TEST_CASE("durations accept seconds or an s/m/h suffix, up to 7 days") {
   }
 }
 
+TEST_CASE("listen entries: queue by default, proxy per listener with its backend route") {
+  std::string text = std::string(kBase) + R"(
+[server]
+listen = ["127.0.0.1:25", { address = "[::1]:26", mode = "proxy", proxy_timeout = "20s" }]
+[[route]]
+domains = ["example.test"]
+host = "127.0.0.1:10025"
+[[route]]
+domains = ["*"]
+host = "127.0.0.1:10026"
+)";
+  auto r = load_config_text(text, "l.toml");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  REQUIRE(r->server.listen.size() == 2);
+  CHECK(r->server.listen[0].mode == ListenerMode::Queue);
+  CHECK(r->server.listen[1].mode == ListenerMode::Proxy);
+  CHECK(r->server.listen[1].address.to_string() == "[::1]:26");
+  CHECK(r->server.listen[1].proxy_timeout == std::chrono::seconds(20));
+  REQUIRE(r->proxy_route() != nullptr);
+  CHECK(r->proxy_route()->hosts[0].port == 10026);  // the default route, not the first one
+}
+
+TEST_CASE("callout needs a route for every relay domain") {
+  std::string ok = std::string(kBase) + R"(
+[[route]]
+domains = ["*"]
+host = "127.0.0.1:10025"
+)";
+  auto with_callout = [](std::string text) {
+    auto pos = text.find("[relay]\n");
+    return text.insert(pos + 8, "callout = true\ncallout_negative_ttl = \"10m\"\n");
+  };
+  auto r = load_config_text(with_callout(ok), "c.toml");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  CHECK(r->relay.callout);
+  CHECK(r->relay.callout_negative_ttl == std::chrono::minutes(10));
+  CHECK(r->relay.callout_positive_ttl == std::chrono::hours(24));
+  auto bad = load_config_text(with_callout(std::string(kBase)), "c.toml");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message.find("has no [[route]] to ask") != std::string::npos);
+}
+
 TEST_CASE("each unknown key or bad value is one error naming its exact line") {
   struct Row {
     std::string snippet;  // appended after kBase; its first line is kBaseLines + 1
@@ -265,6 +307,12 @@ TEST_CASE("each unknown key or bad value is one error naming its exact line") {
     {"[server]\nlisten = []\n", kBaseLines + 2, "listen"},
     {"[server]\nlisten = \"127.0.0.1:25\"\n", kBaseLines + 2, "listen"},
     {"[server]\nlisten = [25]\n", kBaseLines + 2, "listen"},
+    {"[server]\nlisten = [{ address = \"127.0.0.1:25\", mode = \"relay\" }]\n", kBaseLines + 2, "mode"},
+    {"[server]\nlisten = [{ address = \"127.0.0.1:25\", timeout = 5 }]\n", kBaseLines + 2, "timeout"},
+    {"[server]\nlisten = [{ address = \"127.0.0.1\" }]\n", kBaseLines + 2, "127.0.0.1"},
+    {"[server]\nlisten = [{ address = \"127.0.0.1:25\", proxy_timeout = \"soon\" }]\n", kBaseLines + 2, "proxy_timeout"},
+    // A proxy listener with no route to be its backend.
+    {"[server]\nlisten = [\"127.0.0.1:25\",\n  { address = \"127.0.0.1:26\", mode = \"proxy\" }]\n", kBaseLines + 2, "proxy listener needs a backend"},
     {"[server]\nmax_recipients = 0\n", kBaseLines + 2, "max_recipients"},
     {"[server]\nmax_recipients = \"100\"\n", kBaseLines + 2, "max_recipients"},
     {"[server]\nmax_sessions = -1\n", kBaseLines + 2, "max_sessions"},

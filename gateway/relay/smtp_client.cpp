@@ -28,6 +28,28 @@ constexpr std::size_t kMaxReplyLines = 100;
 SmtpClient::SmtpClient(asio::any_io_executor ex, policy::Endpoint peer, Options options)
     : sock_(ex), timer_(ex), peer_(std::move(peer)), opt_(std::move(options)) {}
 
+policy::Reply ClientReply::parsed() const {
+  policy::Reply out{code, "", text.size() > 4 ? text.substr(4) : ""};
+  // An enhanced code: class.subject.detail, its class the same as the reply's (RFC 2034 §4).
+  std::string_view t = out.text;
+  auto sp = t.find(' ');
+  std::string_view token = t.substr(0, sp);
+  int dots = 0;
+  bool digits = !token.empty();
+  for (char c : token) {
+    if (c == '.') ++dots;
+    else if (c < '0' || c > '9') digits = false;
+  }
+  if (digits && dots == 2 && token.size() <= 11 && token[0] == '0' + code / 100 &&
+      token[1] == '.' && token.back() != '.' && token.find("..") == std::string_view::npos) {
+    out.enhanced = std::string(token);
+    out.text = sp == std::string_view::npos ? "" : std::string(t.substr(sp + 1));
+  } else {
+    out.enhanced = fmt::format("{}.0.0", code / 100);
+  }
+  return out;
+}
+
 std::unique_ptr<asio::ssl::context> SmtpClient::make_tls_context(const policy::Route& route) {
   auto ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
   SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
@@ -294,6 +316,9 @@ asio::awaitable<ClientReply> SmtpClient::data(std::string_view head, std::string
         (needs_crlf && !co_await write("\r\n", opt_.timing->data_timeout)))
       co_return lost("lost connection during BDAT");
     ClientReply r = co_await read_reply(opt_.timing->data_timeout);
+    // RFC 3030 says the transaction ends with BDAT LAST whatever the reply, but Postfix keeps
+    // it open after refusing the data (the next MAIL gets 503): make sure it is over.
+    if (!r.positive()) co_await rset();
     co_return r;
   }
   ClientReply go = co_await command("DATA");

@@ -20,6 +20,7 @@
 
 #include "gateway/spool/envelope.hpp"
 #include "policy/config.hpp"
+#include "policy/verdict.hpp"
 
 namespace moat::gateway {
 
@@ -30,6 +31,9 @@ struct ClientReply {
   bool local = false;  // made up by Moat (network failure, timeout, missing extension)
   bool positive() const { return code >= 200 && code < 300; }
   bool permanent() const { return code >= 500; }
+  // "250 2.1.5 Ok" → {250, "2.1.5", "Ok"}; a reply without an enhanced code gets its class's
+  // generic one (RFC 3463 X.0.0).
+  policy::Reply parsed() const;
   static ClientReply local_failure(int code, std::string text) {
     return {code, std::move(text), true};
   }

@@ -15,6 +15,7 @@
 
 #include "gateway/blocking.hpp"
 #include "gateway/log.hpp"
+#include "gateway/relay/proxy_backend.hpp"
 #include "gateway/rfc5322_date.hpp"
 #include "gateway/smtp/body_filter.hpp"
 #include "gateway/smtp/command.hpp"
@@ -50,7 +51,7 @@ constexpr unsigned kAnyState = kNoHelo | kReady | kMail | kRcpt;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, Services& svc, std::string sid)
+  Session(tcp::socket socket, Services& svc, const policy::Listener& listener, std::string sid)
       : sock_(std::move(socket)),
         svc_(svc),
         cfg_(svc.config.server),
@@ -67,6 +68,8 @@ class Session : public std::enable_shared_from_this<Session> {
       ctx_.session.client_port = ep.port();
     }
     watchdog_.expires_at(Clock::time_point::max());
+    if (listener.mode == policy::ListenerMode::Proxy)
+      proxy_.emplace(sock_.get_executor(), svc.config, listener, *svc.proxy_tls);
   }
 
   asio::awaitable<void> run();
@@ -127,10 +130,14 @@ class Session : public std::enable_shared_from_this<Session> {
   // Runs the pipeline for `stage`; a final reject/tempfail is sent and true returned.
   asio::awaitable<bool> refused_at(Stage stage);
   bool begin_message();  // opens the spool file and writes the Received header
+  bool begin_quarantine();  // proxy mode: spools the message held in memory
   Reply spool_failure(std::string_view why) const;
   asio::awaitable<bool> read_chunk(std::uint64_t size, bool keep);
   void write_out();
   asio::awaitable<void> end_message();
+  asio::awaitable<void> relay_message();  // proxy mode: the message goes to the backend now
+  SpoolEnvelope spool_envelope() const;
+  SpoolRecipient spool_recipient(const policy::Recipient& r) const;
   void reset_transaction();
   std::string received_header() const;
   std::string protocol() const;
@@ -162,11 +169,13 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t rejected_rcpts_ = 0;
 
   // The message being received.
-  std::unique_ptr<SpoolFile> file_;
+  std::unique_ptr<SpoolFile> file_;  // queue mode (and proxy quarantine)
   std::optional<BodyFilter> filter_;
   std::string chunk_;          // filtered bytes on their way to file_
   bool bdat_ = false;          // a BDAT sequence is under way
   Clock::time_point data_started_;
+
+  std::optional<ProxyBackend> proxy_;  // set on a proxy listener
 };
 
 const Session::CommandSpec Session::kCommands[] = {
@@ -290,6 +299,7 @@ asio::awaitable<void> Session::run() {
   }
   co_await flush();
   close();
+  if (proxy_) co_await proxy_->quit();
   reset_transaction();  // an unfinished transaction's file is removed; its qid is not logged
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_);
   spdlog::info("{} event=disconnect messages={} rejected_rcpts={} bad_commands={} tls={} ms={}",
@@ -472,6 +482,17 @@ asio::awaitable<void> Session::cmd_mail(std::string_view args) {
     reset_transaction();
     co_return;
   }
+  if (proxy_) {
+    SpoolEnvelope env = spool_envelope();
+    Reply r = co_await proxy_->mail(env, ctx_.envelope.declared_size.value_or(0), prefix());
+    if (r.code / 100 != 2) {
+      spdlog::info("{} event=refused stage=mail check=backend reply={}", prefix(),
+                   kv(fmt::format("{} {} {}", r.code, r.enhanced, r.text)));
+      send(r);
+      reset_transaction();
+      co_return;
+    }
+  }
   state_ = kMail;
   send(250, "2.1.0", "Ok");
 }
@@ -502,6 +523,19 @@ asio::awaitable<void> Session::cmd_rcpt(std::string_view args) {
     auto it = std::find_if(domains.begin(), domains.end(),
                            [](const std::string& d) { return d[0] != '.' && d[0] != '['; });
     rcpt.address = "postmaster@" + (it != domains.end() ? *it : cfg_.hostname);
+  }
+  if (proxy_) {
+    // The backend's own recipient validation answers the client, live.
+    SpoolRecipient sr = spool_recipient(rcpt);
+    Reply r = co_await proxy_->rcpt(sr, prefix());
+    if (r.code / 100 != 2) {
+      spdlog::info("{} event=refused stage=rcpt check=backend rcpt={} reply={}", prefix(),
+                   kv("<" + rcpt.address + ">"),
+                   kv(fmt::format("{} {} {}", r.code, r.enhanced, r.text)));
+      ++rejected_rcpts_;
+      send(r);
+      co_return;
+    }
   }
   ctx_.envelope.recipients.push_back(std::move(rcpt));
   state_ = kRcpt;
@@ -535,21 +569,40 @@ Reply Session::spool_failure(std::string_view why) const {
   return {451, "4.3.0", "Local error in processing"};
 }
 
+// Queue mode: opens the spool file and writes the Received header. Proxy mode keeps the
+// message in memory only (ctx_.message) until the backend has it.
 bool Session::begin_message() {
-  auto file = svc_.spool.create(ctx_.qid);
-  if (!file) {
-    send(spool_failure(file.error().message));
-    return false;
+  if (!proxy_) {
+    auto file = svc_.spool.create(ctx_.qid);
+    if (!file) {
+      send(spool_failure(file.error().message));
+      return false;
+    }
+    file_ = std::move(*file);
+    file_->write(received_header());
   }
-  file_ = std::move(*file);
   filter_.emplace(cfg_.max_message_size, cfg_.max_line_length, cfg_.bare_newline);
-  file_->write(received_header());
   data_started_ = Clock::now();
   return true;
 }
 
+bool Session::begin_quarantine() {
+  auto file = svc_.spool.create(ctx_.qid);
+  if (!file) {
+    log_message("tempfail", spool_failure(file.error().message), "spool");
+    send(spool_failure(file.error().message));
+    reset_transaction();
+    state_ = kReady;
+    return false;
+  }
+  file_ = std::move(*file);
+  file_->write(received_header());
+  file_->write(ctx_.message);
+  return true;
+}
+
 void Session::write_out() {
-  file_->write(chunk_);
+  if (file_) file_->write(chunk_);
   // End-of-data checks see the message as stored (after the body filter), without the
   // Received header Moat adds. Bounded by max_message_size: the filter stops emitting beyond it.
   ctx_.message += chunk_;
@@ -647,6 +700,7 @@ asio::awaitable<void> Session::cmd_bdat(std::string_view args) {
   }
   if (filter_->error() != BodyFilter::Error::None) {
     // RFC 3030 §2: after a failed chunk the transaction is over; later BDATs get 503.
+    if (proxy_) co_await proxy_->abandon();
     log_message("rejected", filter_->reply(), "smtp");
     send(filter_->reply());
     reset_transaction();
@@ -671,6 +725,7 @@ asio::awaitable<void> Session::end_message() {
     state_ = kReady;
   };
   if (filter_->error() != BodyFilter::Error::None) {
+    if (proxy_) co_await proxy_->abandon();
     finish("rejected", filter_->reply(), "smtp");
     co_return;
   }
@@ -686,43 +741,34 @@ asio::awaitable<void> Session::end_message() {
       Reply r = v.reply;
       if (r.code / 100 != (reject ? 5 : 4)) r = reject ? Reply{550, "5.7.1", r.text}
                                                       : Reply{451, "4.7.1", r.text};
+      if (proxy_) co_await proxy_->abandon();
       finish(reject ? "rejected" : "tempfail", r, v.check);
       co_return;
     }
     case Action::Discard: {
       // Discard: tell the client it is done, keep nothing.
+      if (proxy_) co_await proxy_->abandon();
       finish("discarded", {250, "2.0.0", "Ok: queued as " + ctx_.qid}, v.check);
       co_return;
     }
     case Action::Quarantine:
       state = "quarantine";
       disposition = "quarantined";
+      if (proxy_) {
+        // Kept here, not passed on: the message needs a spool file after all.
+        co_await proxy_->abandon();
+        if (!begin_quarantine()) co_return;
+      }
       break;
     default:
+      if (proxy_) {
+        co_await relay_message();
+        co_return;
+      }
       break;
   }
 
-  SpoolEnvelope env;
-  const auto& s = ctx_.session;
-  env.qid = ctx_.qid;
-  env.arrival = std::time(nullptr);
-  env.client_ip = s.client_ip.to_string();
-  env.helo = s.helo;
-  env.protocol = protocol();
-  if (s.tls) env.tls = s.tls_version + " " + s.tls_cipher;
-  env.sender = ctx_.envelope.sender.address();
-  env.body = ctx_.envelope.body;
-  env.smtputf8 = ctx_.envelope.smtputf8;
-  env.ret = ctx_.envelope.ret;
-  env.envid = ctx_.envelope.envid;
-  for (const auto& r : ctx_.envelope.recipients) {
-    SpoolRecipient& sr = env.recipients.emplace_back();
-    sr.address = r.address;
-    sr.notify = r.notify;
-    sr.orcpt = r.orcpt;
-  }
-  env.add_headers = ctx_.add_headers;
-
+  SpoolEnvelope env = spool_envelope();
   // fsync and rename block: do them on the worker pool while this session waits, so other
   // sessions keep being served. 250 only once the file and its directory entry are on disk.
   std::string why = co_await offload(svc_.blocking, [&] {
@@ -736,6 +782,49 @@ asio::awaitable<void> Session::end_message() {
   }
   if (state == "active" && svc_.queued) svc_.queued(ctx_.qid);
   finish(disposition, {250, "2.0.0", "Ok: queued as " + ctx_.qid}, v.check);
+}
+
+// Proxy mode, after the end-of-data checks accepted the message: the backend gets it now,
+// with the header fields Moat adds, and its reply is the client's.
+asio::awaitable<void> Session::relay_message() {
+  std::string head;
+  for (const auto& [name, value] : ctx_.add_headers) head += name + ": " + value + "\r\n";
+  head += received_header();
+  Reply r = co_await proxy_->data(head, ctx_.message, prefix());
+  std::string_view disposition = r.code / 100 == 2   ? "relayed"
+                                 : r.code / 100 == 4 ? "tempfail"
+                                                     : "rejected";
+  log_message(disposition, r, "backend");
+  send(r);
+  reset_transaction();
+  state_ = kReady;
+}
+
+SpoolRecipient Session::spool_recipient(const policy::Recipient& r) const {
+  SpoolRecipient sr;
+  sr.address = r.address;
+  sr.notify = r.notify;
+  sr.orcpt = r.orcpt;
+  return sr;
+}
+
+SpoolEnvelope Session::spool_envelope() const {
+  SpoolEnvelope env;
+  const auto& s = ctx_.session;
+  env.qid = ctx_.qid;
+  env.arrival = std::time(nullptr);
+  env.client_ip = s.client_ip.to_string();
+  env.helo = s.helo;
+  env.protocol = protocol();
+  if (s.tls) env.tls = s.tls_version + " " + s.tls_cipher;
+  env.sender = ctx_.envelope.sender.address();
+  env.body = ctx_.envelope.body;
+  env.smtputf8 = ctx_.envelope.smtputf8;
+  env.ret = ctx_.envelope.ret;
+  env.envid = ctx_.envelope.envid;
+  for (const auto& r : ctx_.envelope.recipients) env.recipients.push_back(spool_recipient(r));
+  env.add_headers = ctx_.add_headers;
+  return env;
 }
 
 void Session::log_message(std::string_view disposition, const Reply& reply,
@@ -812,8 +901,9 @@ asio::awaitable<void> Session::cmd_help(std::string_view) {
 
 }  // namespace
 
-asio::awaitable<void> run_session(tcp::socket socket, Services& services, std::string sid) {
-  auto session = std::make_shared<Session>(std::move(socket), services, sid);
+asio::awaitable<void> run_session(tcp::socket socket, Services& services,
+                                  const policy::Listener& listener, std::string sid) {
+  auto session = std::make_shared<Session>(std::move(socket), services, listener, sid);
   try {
     co_await session->run();
   } catch (const std::exception& e) {

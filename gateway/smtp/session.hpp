@@ -27,11 +27,13 @@ struct Services {
   asio::ssl::context& tls;
   asio::thread_pool& blocking;  // for fsync and other calls that may block
   std::function<void(const std::string& qid)> queued = {};  // a message entered active/
+  asio::ssl::context* proxy_tls = nullptr;  // client TLS for proxy listeners' backend
 };
 
-// Runs the whole SMTP dialogue on `socket` and returns when the connection is over. Never
-// throws: an unexpected exception is logged with the session id and ends the session.
+// Runs the whole SMTP dialogue on `socket`, accepted by `listener` (queue or proxy mode), and
+// returns when the connection is over. Never throws: an unexpected exception is logged with the
+// session id and ends the session.
 asio::awaitable<void> run_session(asio::ip::tcp::socket socket, Services& services,
-                                  std::string sid);
+                                  const policy::Listener& listener, std::string sid);
 
 }  // namespace moat::gateway

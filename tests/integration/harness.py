@@ -73,6 +73,8 @@ def toml_value(v):
         return out + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -92,7 +94,7 @@ class MoatServer:
     """One `moat serve` process with its own config, spool and log, under `workdir`."""
 
     def __init__(self, workdir, server=None, tls=None, relay=None, extra="", name="moat",
-                 preexec_fn=None, delivery=None, routes=None):
+                 preexec_fn=None, delivery=None, routes=None, listener=None):
         self.workdir = workdir
         self.name = name
         self.spool_dir = os.path.join(workdir, name + "-spool")
@@ -108,6 +110,8 @@ class MoatServer:
         # gives [delivery] settings (and [[route]]s) of its own.
         self.delivery = {"enabled": False} if delivery is None else dict(delivery)
         self.routes = list(routes or [])
+        # Extra keys of the listen entry, e.g. {"mode": "proxy", "proxy_timeout": 2}.
+        self.listener = dict(listener or {})
         self.preexec_fn = preexec_fn  # run in the child before exec (e.g. setrlimit)
         self.proc = None
         self._log_start = 0
@@ -117,7 +121,8 @@ class MoatServer:
     def config_text(self):
         server = {
             "hostname": HOSTNAME,
-            "listen": [f"127.0.0.1:{self.port}"],
+            "listen": [dict(address=f"127.0.0.1:{self.port}", **self.listener)
+                       if self.listener else f"127.0.0.1:{self.port}"],
             "spool_dir": self.spool_dir,
             # Small, fast defaults for tests; a test overrides what it exercises.
             "command_timeout": 30,
