@@ -110,13 +110,13 @@ class Reader {
     if (!n || *n == 0) error(*v, fmt::format("'{}' must be a size such as 26214400 or \"25M\"", key));
     else out = *n;
   }
-  // A duration: seconds as an integer, or a string "30s", "5m", "1h".
+  // A duration: seconds as an integer, or a string "30s", "5m", "1h", "5d".
   void get_duration(const Value& t, const std::string& key, std::chrono::seconds& out) {
     auto* v = find(t, key);
     if (!v) return;
     std::optional<std::uint64_t> n;
     if (v->is_integer() && v->as_integer() > 0) n = v->as_integer();
-    if (v->is_string()) n = parse_scaled(v->as_string().str, {{'s', 1}, {'m', 60}, {'h', 3600}});
+    if (v->is_string()) n = parse_scaled(v->as_string().str, {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}});
     if (!n || *n == 0 || *n > 7 * 86400)
       error(*v, fmt::format("'{}' must be a duration such as 300 or \"5m\"", key));
     else out = std::chrono::seconds(*n);

@@ -531,8 +531,8 @@ TEST_CASE("routes: several hosts in priority order, parent and default routes, [
                      "[delivery]\n"
                      "concurrency = 7\n"
                      "retry_min = \"30s\"\n"
-                     "retry_max = \"2h\"\n"
-                     "max_lifetime = 86400\n";
+                     "retry_max = 7200\n"
+                     "max_lifetime = \"5d\"\n";
   auto r = load_config_text(text, "routes.toml");
   REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
   const Config& c = *r;
@@ -546,7 +546,7 @@ TEST_CASE("routes: several hosts in priority order, parent and default routes, [
   CHECK(c.delivery.concurrency == 7);
   CHECK(c.delivery.retry_min == 30s);
   CHECK(c.delivery.retry_max == 2h);
-  CHECK(c.delivery.max_lifetime == 24h);
+  CHECK(c.delivery.max_lifetime == 120h);
   struct Row {
     const char* domain;
     int route;  // index, -1 for none

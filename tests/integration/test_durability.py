@@ -201,6 +201,15 @@ class ConfigCheck(unittest.TestCase):
         p = self.check(self.write("default.toml", text))
         self.assertEqual(p.returncode, 0, p.stderr)
 
+    def test_shipped_example_config_checks(self):
+        # deploy/moat.toml names the operator's certificate files; everything else must be valid.
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "..", "deploy", "moat.toml"), encoding="utf-8") as f:
+            text = f.read()
+        text = re.sub(r'(?m)^(cert|key) = .*$', "", text)
+        p = self.check(self.write("example.toml", text))
+        self.assertEqual(p.returncode, 0, p.stderr)
+
     def test_bad_values_are_all_reported(self):
         text = "\n".join([
             "[server]",                            # 1
