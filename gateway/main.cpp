@@ -23,10 +23,13 @@
 #include "gateway/relay/callout_check.hpp"
 #include "gateway/relay/queue_manager.hpp"
 #include "gateway/server.hpp"
+#include "gateway/state/redis_store.hpp"
 #include "gateway/spool/spool.hpp"
 #include "gateway/tls/tls_context.hpp"
 #include "policy/config.hpp"
 #include "policy/pipeline.hpp"
+#include "policy/greylist.hpp"
+#include "policy/rate_limit.hpp"
 #include "policy/recipient_check.hpp"
 
 namespace {
@@ -91,13 +94,21 @@ int serve(const std::vector<std::string>& args) {
     spdlog::critical("event=startup_failed error={}", gateway::kv(spool.error().message));
     return 1;
   }
+  asio::io_context io(1);
+  // Rate-limit and greylist state: in this process, or shared through Redis.
+  std::unique_ptr<policy::StateStore> state;
+  if (cfg.state.redis) state = std::make_unique<gateway::RedisStore>(io.get_executor(), cfg.state);
+  else state = std::make_unique<policy::MemoryStore>();
   std::vector<std::unique_ptr<policy::Check>> checks;
+  if (!cfg.limits.empty())
+    checks.push_back(std::make_unique<policy::RateLimitCheck>(cfg.limits, *state, cfg.state));
   if (!cfg.relay.recipients_file.empty())
     checks.push_back(std::make_unique<policy::RecipientCheck>(cfg.relay.recipients_file,
                                                               policy::RelayCheck(cfg.relay)));
-  asio::io_context io(1);
   if (cfg.relay.callout)
     checks.push_back(std::make_unique<gateway::CalloutCheck>(io.get_executor(), cfg));
+  if (cfg.greylist.enabled)
+    checks.push_back(std::make_unique<policy::GreylistCheck>(cfg.greylist, *state, cfg.state));
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
                             policy::Decider(cfg.decider));
   asio::thread_pool blocking(2);

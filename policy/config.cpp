@@ -110,16 +110,27 @@ class Reader {
     if (!n || *n == 0) error(*v, fmt::format("'{}' must be a size such as 26214400 or \"25M\"", key));
     else out = *n;
   }
-  // A duration: seconds as an integer, or a string "30s", "5m", "1h", "5d".
-  void get_duration(const Value& t, const std::string& key, std::chrono::seconds& out) {
+  // A duration: seconds as an integer, or a string "30s", "5m", "1h", "5d"; at most `max`.
+  void get_duration(const Value& t, const std::string& key, std::chrono::seconds& out,
+                    std::chrono::seconds max = std::chrono::hours(7 * 24)) {
     auto* v = find(t, key);
     if (!v) return;
-    std::optional<std::uint64_t> n;
-    if (v->is_integer() && v->as_integer() > 0) n = v->as_integer();
-    if (v->is_string()) n = parse_scaled(v->as_string().str, {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}});
-    if (!n || *n == 0 || *n > 7 * 86400)
-      error(*v, fmt::format("'{}' must be a duration such as 300 or \"5m\"", key));
-    else out = std::chrono::seconds(*n);
+    auto ms = duration_ms(*v);
+    if (!ms || *ms == 0 || *ms % 1000 != 0 || *ms / 1000 > static_cast<std::uint64_t>(max.count()))
+      error(*v, fmt::format("'{}' must be a duration such as 300 or \"5m\", at most {}s", key,
+                            max.count()));
+    else out = std::chrono::seconds(*ms / 1000);
+  }
+  // The same with millisecond precision: also "500ms".
+  void get_duration(const Value& t, const std::string& key, std::chrono::milliseconds& out,
+                    std::chrono::milliseconds max) {
+    auto* v = find(t, key);
+    if (!v) return;
+    auto ms = duration_ms(*v);
+    if (!ms || *ms > static_cast<std::uint64_t>(max.count()))
+      error(*v, fmt::format("'{}' must be a duration such as \"500ms\" or \"3s\", at most {}ms",
+                            key, max.count()));
+    else out = std::chrono::milliseconds(*ms);
   }
   // The strings of an array, each with its own value so that an error about one entry names
   // that entry's line (arrays often span several lines).
@@ -143,6 +154,21 @@ class Reader {
   }
 
  private:
+  static std::optional<std::uint64_t> duration_ms(const Value& v) {
+    if (v.is_integer()) {
+      if (v.as_integer() < 0 || v.as_integer() > 1'000'000'000) return std::nullopt;
+      return static_cast<std::uint64_t>(v.as_integer()) * 1000;
+    }
+    if (!v.is_string()) return std::nullopt;
+    std::string str = v.as_string().str;
+    if (str.size() > 2 && str.compare(str.size() - 2, 2, "ms") == 0) {
+      auto n = parse_scaled(str.substr(0, str.size() - 2), {});
+      return n;
+    }
+    auto n = parse_scaled(str, {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}});
+    if (!n || *n > UINT64_MAX / 1000) return std::nullopt;
+    return *n * 1000;
+  }
   static std::optional<std::uint64_t> parse_scaled(
       const std::string& s, std::initializer_list<std::pair<char, std::uint64_t>> units) {
     std::uint64_t n = 0;
@@ -390,6 +416,102 @@ void read_decider(Reader& r, const Value& t, DeciderConfig& d) {
   }
 }
 
+// `exempt` lists: networks (CIDR or address) and domains, told apart by their syntax.
+void read_exempt(Reader& r, const Value& t, std::vector<Cidr>& networks,
+                 std::vector<std::string>& domains) {
+  for (auto& [e, at] : r.get_strings(t, "exempt")) {
+    if (auto cidr = Cidr::parse(e)) networks.push_back(*cidr);
+    else if (auto d = normalize_domain(e); !d.empty() && d[0] != '[') domains.push_back(d);
+    else r.error(*at, fmt::format("'{}' is neither a network nor a domain", e));
+  }
+}
+
+void read_limit(Reader& r, const Value& t, LimitConfig& l) {
+  r.known_keys(t, "[[limit]]", {"name", "key", "counts", "rate", "per", "burst", "exempt"});
+  r.get(t, "name", l.name);
+  bool name_ok = !l.name.empty() && l.name.size() <= 64 &&
+                 std::all_of(l.name.begin(), l.name.end(), [](char c) {
+                   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+                 });
+  if (!name_ok) r.error(r.find(t, "name") ? *r.find(t, "name") : t,
+                        "[[limit]] needs a 'name' of a-z, 0-9, _ and -");
+  static const std::pair<std::string_view, LimitKey> keys[] = {
+      {"client_ip", LimitKey::ClientIp},   {"client_net", LimitKey::ClientNet},
+      {"helo", LimitKey::Helo},            {"sender", LimitKey::Sender},
+      {"sender_domain", LimitKey::SenderDomain}, {"recipient", LimitKey::Recipient},
+      {"rcpt_domain", LimitKey::RcptDomain}};
+  static const std::pair<std::string_view, LimitCounts> counts[] = {
+      {"connections", LimitCounts::Connections}, {"messages", LimitCounts::Messages},
+      {"recipients", LimitCounts::Recipients}, {"bytes", LimitCounts::Bytes}};
+  std::string key = "client_ip", what = "connections";
+  r.get(t, "key", key);
+  r.get(t, "counts", what);
+  auto k = std::find_if(std::begin(keys), std::end(keys), [&](auto& p) { return p.first == key; });
+  auto c = std::find_if(std::begin(counts), std::end(counts), [&](auto& p) { return p.first == what; });
+  if (k == std::end(keys))
+    r.error(*r.find(t, "key"), "'key' must be client_ip, client_net, helo, sender, "
+                               "sender_domain, recipient or rcpt_domain");
+  else l.key = k->second;
+  if (c == std::end(counts))
+    r.error(*r.find(t, "counts"), "'counts' must be connections, messages, recipients or bytes");
+  else l.counts = c->second;
+  if (k != std::end(keys) && c != std::end(counts)) {
+    // A key must be known at the stage where the tokens are counted.
+    bool ok = l.counts == LimitCounts::Recipients ||
+              (l.counts == LimitCounts::Connections
+                   ? (l.key == LimitKey::ClientIp || l.key == LimitKey::ClientNet)
+                   : (l.key != LimitKey::Recipient && l.key != LimitKey::RcptDomain));
+    if (!ok)
+      r.error(*r.find(t, "key"), fmt::format("key = \"{}\" is not known when {} are counted",
+                                             key, what));
+  }
+  r.get(t, "rate", l.rate);
+  if (!(l.rate > 0)) r.error(r.find(t, "rate") ? *r.find(t, "rate") : t,
+                             "[[limit]] needs a 'rate' above 0");
+  r.get_duration(t, "per", l.per, std::chrono::hours(24));
+  l.burst = l.rate;
+  r.get(t, "burst", l.burst);
+  if (l.burst < l.rate && r.find(t, "burst")) r.error(*r.find(t, "burst"), "'burst' is below 'rate'");
+  read_exempt(r, t, l.exempt_networks, l.exempt_domains);
+}
+
+void read_greylist(Reader& r, const Value& t, GreylistConfig& g) {
+  r.known_keys(t, "[greylist]", {"enabled", "delay", "retry_window", "pass_ttl",
+                                 "auto_allowlist", "exempt"});
+  r.get(t, "enabled", g.enabled);
+  r.get_duration(t, "delay", g.delay);
+  r.get_duration(t, "retry_window", g.retry_window, std::chrono::hours(24 * 30));
+  r.get_duration(t, "pass_ttl", g.pass_ttl, std::chrono::hours(24 * 366));
+  r.get_count(t, "auto_allowlist", g.auto_allowlist, 0, 1000000);
+  if (g.retry_window <= g.delay) r.error(t, "'retry_window' must be longer than 'delay'");
+  read_exempt(r, t, g.exempt_networks, g.exempt_domains);
+}
+
+void read_state(Reader& r, const Value& t, StateConfig& st) {
+  r.known_keys(t, "[state]", {"backend", "redis", "timeout", "prefix", "on_error"});
+  std::string backend = "memory", on_error = "allow", address;
+  r.get(t, "backend", backend);
+  if (backend == "redis") st.redis = true;
+  else if (backend != "memory") r.error(*r.find(t, "backend"), "'backend' must be \"memory\" or \"redis\"");
+  r.get(t, "redis", address);
+  if (!address.empty()) {
+    if (auto e = parse_endpoint(address)) st.redis_address = *e;
+    else r.error(*r.find(t, "redis"), fmt::format("'{}' is not ADDRESS:PORT", address));
+  }
+  r.get_duration(t, "timeout", st.timeout, std::chrono::milliseconds(60000));
+  if (st.timeout.count() == 0) r.error(*r.find(t, "timeout"), "'timeout' must be above 0");
+  r.get(t, "prefix", st.prefix);
+  r.get(t, "on_error", on_error);
+  if (on_error == "tempfail") st.fail_open = false;
+  else if (on_error != "allow") r.error(*r.find(t, "on_error"), "'on_error' must be \"allow\" or \"tempfail\"");
+}
+
+void read_pregreet(Reader& r, const Value& t, PregreetConfig& p) {
+  r.known_keys(t, "[pregreet]", {"wait", "cache_ttl"});
+  r.get_duration(t, "wait", p.wait, std::chrono::milliseconds(60000));
+  r.get_duration(t, "cache_ttl", p.cache_ttl, std::chrono::hours(24 * 30));
+}
+
 Result<Config> load(std::istream& in, const std::string& name) {
   Value root;
   try {
@@ -406,7 +528,8 @@ Result<Config> load(std::istream& in, const std::string& name) {
   c.source = name;
   c.server.spool_dir = "/var/spool/moat";
   c.server.listen = {Listener{{"127.0.0.1", 2525}}};
-  r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider"});
+  r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider",
+                                       "limit", "greylist", "state", "pregreet"});
   auto section = [&](const char* key, auto fn) {
     if (auto* v = r.find(root, key)) {
       if (v->is_table()) fn(*v);
@@ -418,6 +541,26 @@ Result<Config> load(std::istream& in, const std::string& name) {
   section("relay", [&](const Value& v) { read_relay(r, v, c.relay); });
   section("delivery", [&](const Value& v) { read_delivery(r, v, c.delivery); });
   section("decider", [&](const Value& v) { read_decider(r, v, c.decider); });
+  section("greylist", [&](const Value& v) { read_greylist(r, v, c.greylist); });
+  section("state", [&](const Value& v) { read_state(r, v, c.state); });
+  section("pregreet", [&](const Value& v) { read_pregreet(r, v, c.pregreet); });
+  if (auto* v = r.find(root, "limit")) {
+    if (!v->is_array()) {
+      r.error(*v, "'limit' must be an array of tables: [[limit]]");
+    } else {
+      for (const auto& t : v->as_array()) {
+        if (!t.is_table()) {
+          r.error(t, "'limit' entries must be tables");
+          continue;
+        }
+        c.limits.emplace_back();
+        read_limit(r, t, c.limits.back());
+        for (std::size_t i = 0; i + 1 < c.limits.size(); ++i)
+          if (c.limits[i].name == c.limits.back().name && !c.limits[i].name.empty())
+            r.error(t, fmt::format("a [[limit]] named '{}' exists already", c.limits[i].name));
+      }
+    }
+  }
   if (auto* v = r.find(root, "route")) {
     if (!v->is_array()) {
       r.error(*v, "'route' must be an array of tables: [[route]]");

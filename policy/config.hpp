@@ -101,6 +101,51 @@ struct DeliveryConfig {
   std::chrono::seconds idle_connection{30};     // keep a backend connection for reuse
 };
 
+// A rate limit ([[limit]]): a token bucket per value of `key`, refilled at `rate` per `per`,
+// holding at most `burst` (default: rate). What a token is depends on `counts`:
+// connections (at connect: 421 4.7.0), messages (at MAIL: 450 4.7.1), recipients (at RCPT:
+// 450 4.7.1), bytes (at end of data: 451 4.7.1).
+enum class LimitKey { ClientIp, ClientNet, Helo, Sender, SenderDomain, Recipient, RcptDomain };
+enum class LimitCounts { Connections, Messages, Recipients, Bytes };
+struct LimitConfig {
+  std::string name;
+  LimitKey key = LimitKey::ClientIp;
+  LimitCounts counts = LimitCounts::Connections;
+  double rate = 0;
+  std::chrono::seconds per{60};
+  double burst = 0;
+  // Not limited: clients in these networks; for sender/recipient keys, these domains (".x"
+  // also matches subdomains).
+  std::vector<Cidr> exempt_networks;
+  std::vector<std::string> exempt_domains;
+};
+
+// Greylisting (RFC 6647) at RCPT, keyed by (client /24 or /64, sender, recipient).
+struct GreylistConfig {
+  bool enabled = false;
+  std::chrono::seconds delay{300};            // a retry before this is deferred again
+  std::chrono::seconds retry_window{2 * 86400};  // a first attempt is forgotten after this
+  std::chrono::seconds pass_ttl{35 * 86400};  // a passed triplet needs no retry this long
+  std::int64_t auto_allowlist = 5;  // clients whose retries passed this often skip it (0: off)
+  std::vector<Cidr> exempt_networks;
+  std::vector<std::string> exempt_domains;  // recipient or sender domain
+};
+
+// Where rate-limit and greylist state lives.
+struct StateConfig {
+  bool redis = false;                    // backend = "memory" | "redis"
+  Endpoint redis_address{"127.0.0.1", 6379};
+  std::chrono::milliseconds timeout{500};
+  std::string prefix = "moat:";
+  bool fail_open = true;  // on_error = "allow" (logged loudly) | "tempfail"
+};
+
+// Postscreen-like tests before and around the greeting.
+struct PregreetConfig {
+  std::chrono::milliseconds wait{0};     // 0: off. Silence expected before the banner.
+  std::chrono::seconds cache_ttl{86400};  // a client that passed is not made to wait again
+};
+
 struct DeciderConfig {
   double reject_score = 15;
   double quarantine_score = 10;
@@ -115,6 +160,10 @@ struct Config {
   std::vector<Route> routes;
   DeliveryConfig delivery;
   DeciderConfig decider;
+  std::vector<LimitConfig> limits;
+  GreylistConfig greylist;
+  StateConfig state;
+  PregreetConfig pregreet;
 
   // The route for a recipient domain (any case, optional trailing dot): exact entry, then
   // ".parent" entries, then "*"; nullptr when there is none.

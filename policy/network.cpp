@@ -1,5 +1,6 @@
 #include "policy/network.hpp"
 
+#include <algorithm>
 #include <arpa/inet.h>
 
 #include <charconv>
@@ -58,6 +59,15 @@ std::optional<Cidr> Cidr::parse(std::string_view text) {
   const auto& b = ip->bytes();
   for (int bit = len; bit < max; ++bit)
     if (b[bit / 8] & (0x80 >> (bit % 8))) return std::nullopt;
+  return c;
+}
+
+Cidr Cidr::of(const IpAddress& ip, int len) {
+  Cidr c;
+  c.net_ = ip;
+  c.len_ = std::clamp(len, 0, ip.is_v4() ? 32 : 128);
+  for (int bit = c.len_; bit < 128; ++bit)
+    c.net_.bytes_[bit / 8] &= static_cast<std::uint8_t>(~(0x80 >> (bit % 8)));
   return c;
 }
 

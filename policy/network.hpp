@@ -23,6 +23,7 @@ class IpAddress {
   bool operator==(const IpAddress&) const = default;
 
  private:
+  friend class Cidr;
   bool v4_ = true;
   std::array<std::uint8_t, 16> bytes_{};
 };
@@ -33,6 +34,8 @@ class Cidr {
   // Host bits set beyond the prefix are an error, so that a typo cannot widen a rule.
   static std::optional<Cidr> parse(std::string_view text);
 
+  // The network of `ip` with `len` prefix bits (host bits cleared), e.g. the /24 of a client.
+  static Cidr of(const IpAddress& ip, int len);
   bool contains(const IpAddress& ip) const;
   int prefix_len() const { return len_; }
   bool is_v4() const { return net_.is_v4(); }
