@@ -111,7 +111,8 @@ int serve(const std::vector<std::string>& args) {
     checks.push_back(std::make_unique<policy::GreylistCheck>(cfg.greylist, *state, cfg.state));
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
                             policy::Decider(cfg.decider));
-  asio::thread_pool blocking(2);
+  // fsync and file reads: I/O-bound, so many threads (one fsync at a time per thread).
+  asio::thread_pool blocking(16);
   gateway::QueueManager queue(io, cfg, **spool, blocking);
   gateway::Services services{cfg, pipeline, **spool, **tls, blocking,
                              [&queue](const std::string& qid) { queue.enqueue(qid); }};

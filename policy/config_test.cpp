@@ -121,7 +121,7 @@ quarantine_score = 7.5
     CHECK(has_error(errors, "v.toml", 4, "'::'"));
   }
   std::string fixed(text);
-  fixed.replace(fixed.find(", \"::\"]"), 7, "]");
+  fixed.erase(fixed.find(", \"::\"]"), 6);  // (not replace(): a GCC 12 -O3 false -Wrestrict)
   auto r = load_config_text(fixed, "v.toml");
   REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
   const Config& c = *r;

@@ -99,9 +99,15 @@ asio::awaitable<void> QueueManager::scheduler() {
     wake_.expires_after(sleep);
     co_await wake_.async_wait(kTuple);
     if (!running_) break;
-    for (const auto& qid : spool_.list("active"))
-      if (!known_.count(qid)) schedule(0, "active", qid);
     auto t = std::chrono::steady_clock::now();
+    if (t >= next_scan_) {
+      // Only for what `moat queue` moved into active/; sessions and deliveries call enqueue()
+      // and wake(), so scanning at each wake-up would only cost a readdir per message.
+      next_scan_ = t + std::chrono::seconds(5);
+      auto listed = co_await offload(blocking_, [this] { return spool_.list("active"); });
+      for (const auto& qid : listed)
+        if (!known_.count(qid)) schedule(0, "active", qid);
+    }
     for (auto& [key, list] : idle_) {
       std::erase_if(list, [&](Idle& idle) {
         if (idle.until > t) return false;
@@ -275,7 +281,7 @@ asio::awaitable<void> QueueManager::deliver(std::string state, std::string qid) 
                  env.sender.empty() ? "null-sender" : "notify");
 
   if (!pending) {
-    auto removed = co_await offload(blocking_, [&] { return spool_.remove(state, qid); });
+    auto removed = co_await offload(blocking_, [&] { return spool_.remove(state, qid, false); });
     if (!removed) spdlog::error("qid={} event=queue_remove_error error={}", qid, kv(removed.error().message));
     else spdlog::info("qid={} event=removed attempts={}", qid, env.attempts);
     finish();

@@ -75,6 +75,7 @@ class QueueManager {
   std::size_t in_flight_ = 0;
   bool running_ = false;
   asio::steady_timer wake_;
+  std::chrono::steady_clock::time_point next_scan_{};  // of active/, for `moat queue` moves
 
   struct Idle {
     std::shared_ptr<SmtpClient> client;

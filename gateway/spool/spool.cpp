@@ -77,8 +77,7 @@ void SpoolFile::write(std::string_view bytes) {
   buf_.append(bytes);
 }
 
-Result<bool> SpoolFile::commit(const SpoolEnvelope& env, const std::string& state_dir,
-                               int state_dir_fd) {
+Result<bool> SpoolFile::commit(const SpoolEnvelope& env, const std::string& state_dir) {
   flush();
   std::uint64_t env_offset = offset_;
   SpoolEnvelope first = env;
@@ -92,9 +91,6 @@ Result<bool> SpoolFile::commit(const SpoolEnvelope& env, const std::string& stat
   if (::rename(path_.c_str(), target.c_str()) != 0) return io_error(errno, "rename");
   committed_ = true;
   path_ = target;
-  // ...and the rename must be on disk before we answer 250. If only this fsync fails, the
-  // file stays queued and the client is told to retry: a possible duplicate, never a loss.
-  if (::fsync(state_dir_fd) != 0) return io_error(errno, "fsync directory");
   return true;
 }
 
@@ -111,6 +107,7 @@ Result<std::unique_ptr<Spool>> Spool::open(const std::string& dir) {
     int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return R::fail(fmt::format("{}: {}", path, std::strerror(errno)));
     s->state_fds_.emplace_back(std::string(state), fd);
+    s->dir_sync_.try_emplace(std::string(state));
   }
   if (::access((dir + "/incoming").c_str(), W_OK) != 0)
     return R::fail(fmt::format("{}/incoming: not writable: {}", dir, std::strerror(errno)));
@@ -148,7 +145,39 @@ Result<std::unique_ptr<SpoolFile>> Spool::create(const std::string& qid) {
 }
 
 Result<bool> Spool::commit(SpoolFile& file, const SpoolEnvelope& env, std::string_view state) {
-  return file.commit(env, fmt::format("{}/{}", dir_, state), state_fd(state));
+  auto done = file.commit(env, fmt::format("{}/{}", dir_, state));
+  if (!done) return done;
+  // The rename must be on disk before we answer 250. If only this fsync fails, the file
+  // stays queued and the client is told to retry: a possible duplicate, never a loss.
+  return sync_dir(state);
+}
+
+// Group commit: each caller has renamed a file into `state` and needs an fsync of the
+// directory that started after its rename. One fsync covers every rename before it, so while
+// one runs, the callers that arrive meanwhile wait and the next fsync covers them all: with
+// many sessions committing at once there are far fewer directory fsyncs than messages.
+// A failed fsync fails only its leader; the others try again (as the next leader).
+Result<bool> Spool::sync_dir(std::string_view state) {
+  DirSync& ds = dir_sync_.find(state)->second;
+  std::unique_lock lock(ds.m);
+  const std::uint64_t ticket = ++ds.requested;
+  while (ds.synced < ticket) {
+    if (ds.busy) {
+      ds.cv.wait(lock);
+      continue;
+    }
+    ds.busy = true;
+    const std::uint64_t covers = ds.requested;
+    lock.unlock();
+    int rc = ::fsync(state_fd(state));
+    int err = errno;
+    lock.lock();
+    ds.busy = false;
+    if (rc == 0) ds.synced = std::max(ds.synced, covers);
+    ds.cv.notify_all();
+    if (rc != 0) return io_error(err, "fsync directory");
+  }
+  return true;
 }
 
 Result<SpooledMessage> Spool::read_file(const std::string& path) {
@@ -229,10 +258,10 @@ Result<bool> Spool::move(std::string_view from, std::string_view qid, std::strin
   return true;
 }
 
-Result<bool> Spool::remove(std::string_view state, std::string_view qid) {
+Result<bool> Spool::remove(std::string_view state, std::string_view qid, bool durable) {
   std::string path = fmt::format("{}/{}/{}", dir_, state, qid);
   if (::unlink(path.c_str()) != 0) return io_error(errno, "unlink");
-  if (::fsync(state_fd(state)) != 0) return io_error(errno, "fsync directory");
+  if (durable && ::fsync(state_fd(state)) != 0) return io_error(errno, "fsync directory");
   return true;
 }
 

@@ -15,6 +15,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <random>
 #include <string>
 #include <string_view>
@@ -43,7 +46,7 @@ class SpoolFile {
   // directory. Blocking: run it off the event loop. On failure the Error's message starts with
   // "4.3.1" (storage full) or "4.3.0"; the file is removed unless it was already renamed
   // (then only the directory fsync failed, and a retry by the client may duplicate it).
-  Result<bool> commit(const SpoolEnvelope& env, const std::string& state_dir, int state_dir_fd);
+  Result<bool> commit(const SpoolEnvelope& env, const std::string& state_dir);
 
  private:
   bool flush();
@@ -73,7 +76,10 @@ class Spool {
   std::string new_qid();
   // Creates incoming/QID for a new message (qid from new_qid()).
   Result<std::unique_ptr<SpoolFile>> create(const std::string& qid);
-  // Commits into active/ (or another state). See SpoolFile::commit.
+  // Commits into active/ (or another state): SpoolFile::commit, then an fsync of the directory
+  // shared with the commits running at the same time (group commit). Blocking. If only the
+  // directory fsync fails, the file is queued but the caller must not answer 250 (the client
+  // retries: a possible duplicate, never a loss).
   Result<bool> commit(SpoolFile& file, const SpoolEnvelope& env, std::string_view state = "active");
 
   // Records a new envelope for a queued message (delivery progress) by appending it, then
@@ -81,7 +87,9 @@ class Spool {
   Result<bool> update(std::string_view from, const SpoolEnvelope& env, std::string_view to);
   // Moves a queue file between states; removes one whose delivery is finished. Blocking.
   Result<bool> move(std::string_view from, std::string_view qid, std::string_view to);
-  Result<bool> remove(std::string_view state, std::string_view qid);
+  // durable = false skips the directory fsync: for a delivered message, whose unlink lost in
+  // a crash only means delivering it again (at-least-once), one fsync saved per message.
+  Result<bool> remove(std::string_view state, std::string_view qid, bool durable = true);
 
   struct Recovery {
     std::size_t queued = 0;       // valid files in active/ and deferred/
@@ -102,8 +110,20 @@ class Spool {
   explicit Spool(std::string dir) : dir_(std::move(dir)) {}
   int state_fd(std::string_view state) const;
 
+  // fsync of a state directory, shared by the commits waiting for one (group commit).
+  Result<bool> sync_dir(std::string_view state);
+
+  struct DirSync {
+    std::mutex m;
+    std::condition_variable cv;
+    std::uint64_t requested = 0;  // tickets handed out: one per rename
+    std::uint64_t synced = 0;     // every ticket up to this is on disk
+    bool busy = false;            // an fsync is running
+  };
+
   std::string dir_;
   std::vector<std::pair<std::string, int>> state_fds_;
+  std::map<std::string, DirSync, std::less<>> dir_sync_;
   std::uint64_t last_us_ = 0;
   std::mt19937_64 rng_{std::random_device{}()};
 };

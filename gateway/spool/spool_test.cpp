@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -447,4 +449,31 @@ TEST_CASE("spool: read refuses names that are not queue ids") {
 }
 
 }  // namespace
+TEST_CASE("spool: concurrent commits (group-committed directory fsync) all land") {
+  TempDir tmp;
+  auto opened = Spool::open(tmp.path);
+  REQUIRE(opened.ok());
+  Spool& spool = **opened;
+  constexpr int kThreads = 8, kEach = 25;
+  std::vector<std::vector<std::unique_ptr<SpoolFile>>> files(kThreads);
+  for (int t = 0; t < kThreads; ++t)
+    for (int i = 0; i < kEach; ++i) {
+      auto f = spool.create(spool.new_qid());
+      REQUIRE(f.ok());
+      (*f)->write("Subject: x\r\n\r\nbody\r\n");
+      files[t].push_back(std::move(*f));
+    }
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (auto& f : files[t])
+        if (spool.commit(*f, minimal_envelope(f->qid()))) ++ok;
+    });
+  for (auto& th : threads) th.join();
+  CHECK(ok == kThreads * kEach);
+  CHECK(spool.list("active").size() == static_cast<std::size_t>(kThreads * kEach));
+  CHECK(spool.list("incoming").empty());
+}
+
 }  // namespace moat::gateway
