@@ -801,9 +801,10 @@ def main(argv=None):
     mnt, fstype, dev = filesystem_of(parent)
     print(f"spools and queues in {parent}: {fstype} on {dev} (mounted at {mnt})"
           + ("  WARNING: not a disk, fsync is free" if fstype in ("tmpfs", "ramfs") else ""))
+    mode = "connection reuse (-d)" if args.reuse else "new connection per message"
     print(f"machine: {os.cpu_count()} cores, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {runs} run(s) per cell, "
-          f"messages x{scale:g}, {'connection reuse (-d)' if args.reuse else 'new connection per message'}")
+          f"messages x{scale:g}, {mode}")
 
     # SIGTERM/SIGHUP behave like Ctrl-C, so that the finally blocks stop everything.
     def interrupt(signum, frame):
