@@ -40,6 +40,13 @@ constexpr std::size_t kMaxRcptLine = kMaxCommandLine + 500;
 constexpr std::size_t kReadSpace = 4096;      // read size beyond the longest line
 constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
 
+// The first line of an HTTP request (method, target, version): never an SMTP command.
+bool looks_like_http(std::string_view line) {
+  for (std::string_view method : {"GET ", "POST ", "HEAD ", "PUT ", "CONNECT ", "OPTIONS "})
+    if (line.substr(0, method.size()) == method) return true;
+  return false;
+}
+
 // Session states, as bits so that a command's allowed states are one mask.
 enum State : unsigned {
   kNoHelo = 1,  // greeted, no EHLO/HELO yet
@@ -126,6 +133,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // --- transaction ------------------------------------------------------------------------
   asio::awaitable<void> greet(std::string_view args, bool esmtp);
+  asio::awaitable<bool> quiet_before_greeting();
   bool bad_command();  // counts a protocol error; true when the session must end
   // Runs the pipeline for `stage`; a final reject/tempfail is sent and true returned.
   asio::awaitable<bool> refused_at(Stage stage);
@@ -282,7 +290,7 @@ asio::awaitable<void> Session::run() {
   asio::co_spawn(sock_.get_executor(), watchdog(shared_from_this()), asio::detached);
   spdlog::info("{} event=connect client={} port={}", prefix(), ctx_.session.client_ip.to_string(),
                ctx_.session.client_port);
-  if (!co_await refused_at(Stage::Connect)) {
+  if (!co_await refused_at(Stage::Connect) && co_await quiet_before_greeting()) {
     send(220, "", fmt::format("{} ESMTP Moat", cfg_.hostname));
     while (!closing_) {
       auto line = co_await read_line(kMaxRcptLine, cfg_.command_timeout);
@@ -305,6 +313,37 @@ asio::awaitable<void> Session::run() {
   spdlog::info("{} event=disconnect messages={} rejected_rcpts={} bad_commands={} tls={} ms={}",
                prefix(), messages_, rejected_rcpts_, bad_commands_, ctx_.session.tls ? 1 : 0,
                ms.count());
+}
+
+// Pre-greet test ([pregreet] wait): a legitimate client waits for the banner; a bot that
+// talks first is refused at once with 554 in place of the greeting (RFC 5321 §3.1). A client
+// that passed is remembered for cache_ttl and not made to wait again.
+asio::awaitable<bool> Session::quiet_before_greeting() {
+  const auto& pg = svc_.config.pregreet;
+  std::string ip = ctx_.session.client_ip.to_string();
+  if (pg.wait.count() == 0 || svc_.pregreet_passed.contains(ip)) co_return true;
+  asio::steady_timer timer(sock_.get_executor(), pg.wait);
+  bool expired = false;
+  timer.async_wait([this, &expired](std::error_code ec) {
+    if (ec) return;  // cancelled: `expired` may be gone, touch nothing
+    expired = true;
+    std::error_code ignored;
+    sock_.cancel(ignored);
+  });
+  auto [ec] = co_await sock_.async_wait(tcp::socket::wait_read, kTuple);
+  timer.cancel();
+  if (expired) {
+    svc_.pregreet_passed.add(ip, pg.cache_ttl);
+    co_return true;
+  }
+  if (!ec) {
+    // Talked first (or hung up: then the reply goes nowhere, which is fine).
+    ctx_.add_finding("pregreet.early_talker", 0);
+    spdlog::info("{} event=pregreet_violation client={}", prefix(), ip);
+    send(554, "5.7.1", fmt::format("{} Protocol error: talked before the greeting", cfg_.hostname));
+  }
+  closing_ = true;
+  co_return false;
 }
 
 void Session::close() {
@@ -342,6 +381,13 @@ asio::awaitable<void> Session::dispatch(std::string_view line) {
   const CommandSpec* spec = nullptr;
   for (const auto& s : kCommands)
     if (s.verb == cmd.verb) spec = &s;
+  if (!spec && state_ == kNoHelo && looks_like_http(line)) {
+    // A proxy or web client (or an attack through one) speaking HTTP to port 25: end it.
+    spdlog::info("{} event=non_smtp_command command={}", prefix(), kv(line.substr(0, 64)));
+    send(554, "5.7.1", "Error: this is an SMTP server");
+    closing_ = true;
+    co_return;
+  }
   if (!spec) {
     send(500, "5.5.2", "Error: command not recognized");
     bad_command();
@@ -377,7 +423,8 @@ asio::awaitable<bool> Session::refused_at(Stage stage) {
                policy::to_string(stage), kv(v.check), rcpt,
                kv(fmt::format("{} {} {}", r.code, r.enhanced, r.text)));
   if (stage == Stage::Connect) {
-    send(r.code == 421 ? 421 : 554, r.enhanced, fmt::format("{} {}", cfg_.hostname, r.text));
+    // In place of the greeting only 554 (refused) and 421 (try later) make sense.
+    send(reject ? 554 : 421, r.enhanced, fmt::format("{} {}", cfg_.hostname, r.text));
     closing_ = true;
   } else {
     send(r);
