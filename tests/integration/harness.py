@@ -328,7 +328,8 @@ REPLY_LINE_RE = re.compile(rb"^([2-5][0-9][0-9])([ -])(.*)$", re.S)
 class SmtpClient:
     def __init__(self, port, host="127.0.0.1", timeout=REPLY_TIMEOUT, source=None):
         self.timeout = timeout
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source:
             self.sock.bind((source, 0))
