@@ -1,6 +1,7 @@
 #include "gateway/relay/smtp_client.hpp"
 
 #include "policy/address.hpp"
+#include "policy/header_fields.hpp"
 
 #include <fmt/format.h>
 #include <openssl/ssl.h>
@@ -195,6 +196,13 @@ std::string SmtpClient::dot_stuff(std::string_view data) {
 asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& env,
                                                            std::string_view message,
                                                            const std::vector<std::size_t>& rcpts) {
+  // Header fields end-of-data checks marked for removal (forged Authentication-Results,
+  // RFC 8601 §5) are dropped before anything, so that SIZE= counts what is sent.
+  std::string edited;
+  if (!env.remove_headers.empty()) {
+    edited = policy::remove_header_fields(message, env.remove_headers);
+    message = edited;
+  }
   std::vector<ClientReply> out(rcpts.size());
   lost_before_mail_ = false;
   auto all = [&](const ClientReply& r) {

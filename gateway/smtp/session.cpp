@@ -722,6 +722,7 @@ asio::awaitable<void> Session::end_message() {
     sr.orcpt = r.orcpt;
   }
   env.add_headers = ctx_.add_headers;
+  env.remove_headers = ctx_.remove_headers;
 
   // fsync and rename block: do them on the worker pool while this session waits, so other
   // sessions keep being served. 250 only once the file and its directory entry are on disk.
