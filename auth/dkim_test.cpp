@@ -21,6 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "auth/auth_results.hpp"
+#include "auth/dmarc.hpp"
+#include "policy/pipeline.hpp"
+
 namespace moat::auth {
 namespace {
 
@@ -447,6 +451,58 @@ TEST_CASE("DkimCheck: findings name d= and s=, results go to ctx.auth") {
   CHECK(unsigned_ctx.findings[0].name == "dkim.none");
   CHECK(unsigned_ctx.auth.dkim_checked);
   CHECK(unsigned_ctx.auth.dkim.empty());
+}
+
+// DKIM, DMARC and Authentication-Results composed as main.cpp composes them, on one Pipeline.
+TEST_CASE("sender authentication pipeline: a spoof of a p=reject domain is refused, a signed "
+          "message gets Authentication-Results") {
+  StaticResolver dns;
+  dns.add("sel._domainkey.bank.example", RrType::TXT, txt(key_record(rsa2048())));
+  dns.add("_dmarc.bank.example", RrType::TXT, txt("v=DMARC1; p=reject"));
+  DkimVerifier verifier(dns, {});
+  PublicSuffixList psl;
+  DmarcEvaluator evaluator(dns, psl);
+  std::vector<std::unique_ptr<policy::Check>> checks;
+  checks.push_back(std::make_unique<DkimCheck>(verifier));
+  checks.push_back(std::make_unique<DmarcCheck>(evaluator, policy::DmarcConfig{}));
+  checks.push_back(std::make_unique<AuthResultsCheck>("mx.moat.test"));
+  policy::Pipeline pipeline(policy::RelayCheck(policy::RelayConfig{}), std::move(checks),
+                            policy::Decider(policy::DeciderConfig{}));
+
+  const std::string message =
+      "Authentication-Results: mx.moat.test; dmarc=pass header.from=bank.example\r\n"
+      "From: Bank <alerts@bank.example>\r\nTo: you@example.test\r\nSubject: statement\r\n"
+      "\r\nYour statement is ready.\r\n";
+  SignSpec spec;
+  spec.key = &rsa2048();
+  spec.domain = "bank.example";
+
+  policy::MessageContext legit;
+  legit.message = sign(message, spec);
+  auto v = run_sync(pipeline.run(policy::Stage::EndOfData, legit));
+  CHECK_FALSE(v.final());
+  REQUIRE(legit.add_headers.size() == 1);
+  const std::string& ar = legit.add_headers[0].second;
+  CAPTURE(ar);
+  CHECK(ar.rfind("mx.moat.test;\r\n\tdkim=pass header.d=bank.example header.s=sel", 0) == 0);
+  CHECK(ar.find("\r\n\tdmarc=pass header.from=bank.example") != std::string::npos);
+  REQUIRE(legit.remove_headers.size() == 1);  // the forged one the sender put in
+  CHECK(legit.remove_headers[0] == policy::HeaderRemoval{"Authentication-Results", 0});
+
+  policy::MessageContext spoof;
+  spoof.message = message;  // unsigned, and no SPF pass
+  auto r = run_sync(pipeline.run(policy::Stage::EndOfData, spoof));
+  CHECK(r.action == policy::Action::Reject);
+  CHECK(r.reply.code == 550);
+  CHECK(r.reply.enhanced == "5.7.1");
+  CHECK(r.reply.text.find("DMARC") != std::string::npos);
+  CHECK(r.check == "dmarc");
+
+  policy::MessageContext tampered;
+  tampered.message = sign(message, spec);
+  tampered.message.replace(tampered.message.find("ready"), 5, "READY");
+  auto t = run_sync(pipeline.run(policy::Stage::EndOfData, tampered));
+  CHECK(t.action == policy::Action::Reject);
 }
 
 }  // namespace
