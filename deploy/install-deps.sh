@@ -14,3 +14,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
   libasio-dev libssl-dev openssl libtoml11-dev libspdlog-dev libfmt-dev \
   doctest-dev \
   python3 swaks libnet-ssleay-perl postfix
+# Sender authentication (auth/): DKIM verification (libopendkim) and DMARC's organisational
+# domain (libpsl + Debian's Public Suffix List data in /usr/share/publicsuffix, which libpsl5
+# only recommends).
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+  libopendkim-dev libpsl-dev publicsuffix

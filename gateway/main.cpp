@@ -18,6 +18,9 @@
 #include <string>
 #include <vector>
 
+#include "auth/auth_results.hpp"
+#include "auth/dkim.hpp"
+#include "auth/dmarc.hpp"
 #include "gateway/log.hpp"
 #include "gateway/queue_tool.hpp"
 #include "gateway/relay/callout_check.hpp"
@@ -109,6 +112,30 @@ int serve(const std::vector<std::string>& args) {
     checks.push_back(std::make_unique<gateway::CalloutCheck>(io.get_executor(), cfg));
   if (cfg.greylist.enabled)
     checks.push_back(std::make_unique<policy::GreylistCheck>(cfg.greylist, *state, cfg.state));
+  // --- sender authentication (issue 4): DKIM, DMARC, Authentication-Results. End-of-data
+  // checks in this order: DKIM, then DMARC (reads SPF and DKIM from ctx.auth), then the header.
+  // TODO(merge with the DNS work): point `resolver` at the shared asynchronous resolver built
+  // in this function; this branch has none yet, so DKIM and DMARC do not run until then.
+  auth::Resolver* resolver = nullptr;
+  std::unique_ptr<auth::DkimVerifier> dkim;
+  std::unique_ptr<auth::PublicSuffixList> psl;
+  std::unique_ptr<auth::DmarcEvaluator> dmarc;
+  try {
+    if (resolver && cfg.dkim.enabled) {
+      dkim = std::make_unique<auth::DkimVerifier>(*resolver, cfg.dkim);
+      checks.push_back(std::make_unique<auth::DkimCheck>(*dkim));
+    }
+    if (resolver && cfg.dmarc.enabled) {
+      psl = std::make_unique<auth::PublicSuffixList>();
+      dmarc = std::make_unique<auth::DmarcEvaluator>(*resolver, *psl);
+      checks.push_back(std::make_unique<auth::DmarcCheck>(*dmarc, cfg.dmarc));
+    }
+  } catch (const std::exception& e) {
+    spdlog::critical("event=startup_failed error={}", gateway::kv(e.what()));
+    return 1;
+  }
+  checks.push_back(std::make_unique<auth::AuthResultsCheck>(cfg.auth.authserv_id));
+  // --- end of sender authentication
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
                             policy::Decider(cfg.decider));
   // fsync and file reads: I/O-bound, so many threads (one fsync at a time per thread).

@@ -512,6 +512,57 @@ void read_pregreet(Reader& r, const Value& t, PregreetConfig& p) {
   r.get_duration(t, "cache_ttl", p.cache_ttl, std::chrono::hours(24 * 30));
 }
 
+// --- sender authentication: [dkim], [dmarc], [auth] ---
+void read_dkim(Reader& r, const Value& t, DkimConfig& d) {
+  r.known_keys(t, "[dkim]", {"enabled", "max_signatures", "min_rsa_bits"});
+  r.get(t, "enabled", d.enabled);
+  r.get_count(t, "max_signatures", d.max_signatures, 1, 50);
+  // RFC 8301 §3.2: keys under 1024 bits never verify; a higher floor is the operator's choice.
+  r.get_count(t, "min_rsa_bits", d.min_rsa_bits, 1024, 8192);
+}
+
+void read_dmarc_action(Reader& r, const Value& t, const std::string& key, DmarcAction& out) {
+  std::string v;
+  if (!r.find(t, key)) return;
+  r.get(t, key, v);
+  if (v == "reject") out = DmarcAction::Reject;
+  else if (v == "quarantine") out = DmarcAction::Quarantine;
+  else if (v == "none") out = DmarcAction::None;
+  else if (r.find(t, key)->is_string())
+    r.error(*r.find(t, key), fmt::format("'{}' must be \"reject\", \"quarantine\" or \"none\"", key));
+}
+
+void read_dmarc(Reader& r, const Value& t, DmarcConfig& d) {
+  r.known_keys(t, "[dmarc]", {"enabled", "on_reject", "on_quarantine"});
+  r.get(t, "enabled", d.enabled);
+  read_dmarc_action(r, t, "on_reject", d.on_reject);
+  read_dmarc_action(r, t, "on_quarantine", d.on_quarantine);
+}
+
+// An authserv-id is written unquoted into every Authentication-Results: an RFC 2045 token.
+bool valid_authserv_id(std::string_view id) {
+  if (id.empty() || id.size() > 255) return false;
+  for (unsigned char c : id)
+    if (c <= 0x20 || c >= 0x7f || std::string_view("()<>@,;:\\\"/[]?=").find(static_cast<char>(c)) !=
+                                      std::string_view::npos)
+      return false;
+  return true;
+}
+
+void read_auth(Reader& r, const Value& t, AuthConfig& a) {
+  r.known_keys(t, "[auth]", {"authserv_id"});
+  r.get(t, "authserv_id", a.authserv_id);
+  if (r.find(t, "authserv_id") && r.find(t, "authserv_id")->is_string() &&
+      !valid_authserv_id(a.authserv_id)) {
+    std::string printable = a.authserv_id;  // one error per line, whatever the value holds
+    for (char& ch : printable)
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+    r.error(*r.find(t, "authserv_id"),
+            fmt::format("'{}' is not a valid authserv_id (a host name, no spaces or ;)",
+                        printable));
+  }
+}
+
 Result<Config> load(std::istream& in, const std::string& name) {
   Value root;
   try {
@@ -529,7 +580,8 @@ Result<Config> load(std::istream& in, const std::string& name) {
   c.server.spool_dir = "/var/spool/moat";
   c.server.listen = {Listener{{"127.0.0.1", 2525}}};
   r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider",
-                                       "limit", "greylist", "state", "pregreet"});
+                                       "limit", "greylist", "state", "pregreet", "dkim", "dmarc",
+                                       "auth"});
   auto section = [&](const char* key, auto fn) {
     if (auto* v = r.find(root, key)) {
       if (v->is_table()) fn(*v);
@@ -561,6 +613,9 @@ Result<Config> load(std::istream& in, const std::string& name) {
       }
     }
   }
+  section("dkim", [&](const Value& v) { read_dkim(r, v, c.dkim); });
+  section("dmarc", [&](const Value& v) { read_dmarc(r, v, c.dmarc); });
+  section("auth", [&](const Value& v) { read_auth(r, v, c.auth); });
   if (auto* v = r.find(root, "route")) {
     if (!v->is_array()) {
       r.error(*v, "'route' must be an array of tables: [[route]]");
@@ -590,6 +645,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
                 fmt::format("callout = true but relay domain '{}' has no [[route]] to ask", d));
         break;
       }
+  if (c.auth.authserv_id.empty()) c.auth.authserv_id = c.server.hostname;
   if (c.relay.domains.empty() && c.relay.trusted_networks.empty())
     r.error_line(1, "relay.domains is empty and there are no trusted_networks: no mail would be "
                     "accepted");

@@ -152,6 +152,25 @@ struct DeciderConfig {
   std::map<std::string, double, std::less<>> scores;  // per-finding score overrides
 };
 
+// --- sender authentication (auth/) ---
+struct DkimConfig {
+  bool enabled = true;
+  std::size_t max_signatures = 10;  // more are ignored: bounds DNS and CPU per message
+  unsigned min_rsa_bits = 1024;     // RFC 8301 §3.2: never below 1024
+};
+
+// What Moat does when a message fails DMARC under the domain's published policy.
+enum class DmarcAction { None, Quarantine, Reject };
+struct DmarcConfig {
+  bool enabled = true;
+  DmarcAction on_reject = DmarcAction::Reject;          // p=reject: 550 5.7.1
+  DmarcAction on_quarantine = DmarcAction::Quarantine;  // p=quarantine
+};
+
+struct AuthConfig {
+  std::string authserv_id;  // Authentication-Results authserv-id; default: server.hostname
+};
+
 struct Config {
   std::string source;  // file name, or "<embedded default>"
   ServerConfig server;
@@ -164,6 +183,9 @@ struct Config {
   GreylistConfig greylist;
   StateConfig state;
   PregreetConfig pregreet;
+  DkimConfig dkim;
+  DmarcConfig dmarc;
+  AuthConfig auth;
 
   // The route for a recipient domain (any case, optional trailing dot): exact entry, then
   // ".parent" entries, then "*"; nullptr when there is none.

@@ -593,3 +593,69 @@ TEST_CASE("routes: errors name their line") {
 
 }  // namespace
 }  // namespace moat::policy
+
+// --- sender authentication: [dkim], [dmarc], [auth] ---
+namespace moat::policy {
+namespace {
+
+TEST_CASE("[dkim], [dmarc], [auth]: defaults and values") {
+  auto d = load_config_text(std::string(kBase) + "[server]\nhostname = \"mx.example.test\"\n",
+                            "min.toml");
+  REQUIRE_MESSAGE(d.ok(), (d.ok() ? "" : d.error().message));
+  CHECK(d->dkim.enabled);
+  CHECK(d->dkim.max_signatures == 10);
+  CHECK(d->dkim.min_rsa_bits == 1024);
+  CHECK(d->dmarc.enabled);
+  CHECK(d->dmarc.on_reject == DmarcAction::Reject);
+  CHECK(d->dmarc.on_quarantine == DmarcAction::Quarantine);
+  CHECK(d->auth.authserv_id == "mx.example.test");  // the host name by default
+
+  auto c = load_config_text(std::string(kBase) +
+                                "[dkim]\nenabled = false\nmax_signatures = 3\nmin_rsa_bits = 2048\n"
+                                "[dmarc]\nenabled = false\non_reject = \"quarantine\"\n"
+                                "on_quarantine = \"none\"\n"
+                                "[auth]\nauthserv_id = \"moat.example.test\"\n",
+                            "auth.toml");
+  REQUIRE_MESSAGE(c.ok(), (c.ok() ? "" : c.error().message));
+  CHECK_FALSE(c->dkim.enabled);
+  CHECK(c->dkim.max_signatures == 3);
+  CHECK(c->dkim.min_rsa_bits == 2048);
+  CHECK_FALSE(c->dmarc.enabled);
+  CHECK(c->dmarc.on_reject == DmarcAction::Quarantine);
+  CHECK(c->dmarc.on_quarantine == DmarcAction::None);
+  CHECK(c->auth.authserv_id == "moat.example.test");
+}
+
+TEST_CASE("[dkim], [dmarc], [auth]: each bad value names its line") {
+  struct Row {
+    std::string snippet;
+    int line;
+    std::string needle;
+  };
+  const Row rows[] = {
+      {"[dkim]\nenabled = 1\n", kBaseLines + 2, "enabled"},
+      {"[dkim]\nmax_signatures = 0\n", kBaseLines + 2, "max_signatures"},
+      {"[dkim]\nmin_rsa_bits = 512\n", kBaseLines + 2, "min_rsa_bits"},  // RFC 8301
+      {"[dkim]\n\nverify = true\n", kBaseLines + 3, "verify"},
+      {"[dmarc]\non_reject = \"bounce\"\n", kBaseLines + 2, "on_reject"},
+      {"[dmarc]\non_quarantine = 1\n", kBaseLines + 2, "on_quarantine"},
+      {"[dmarc]\npolicy = \"reject\"\n", kBaseLines + 2, "policy"},
+      {"[auth]\nauthserv_id = \"mx example\"\n", kBaseLines + 2, "mx example"},
+      {"[auth]\nauthserv_id = \"mx;spf=pass\"\n", kBaseLines + 2, "authserv_id"},
+      {"[auth]\nauthserv_id = \"\"\n", kBaseLines + 2, "authserv_id"},
+      {"[auth]\nauthserv_id = \"a\\r\\nX: y\"\n", kBaseLines + 2, "authserv_id"},
+      {"[auth]\nid = \"x\"\n", kBaseLines + 2, "id"},
+      {"dkim = 5\n", kBaseLines + 1, "dkim"},
+  };
+  for (const auto& row : rows) {
+    std::string text = std::string(kBase) + row.snippet;
+    CAPTURE(text);
+    auto r = load_config_text(text, "bad.toml");
+    REQUIRE_FALSE(r.ok());
+    CAPTURE(r.error().message);
+    CHECK(has_error(error_lines(r.error().message), "bad.toml", row.line, row.needle));
+  }
+}
+
+}  // namespace
+}  // namespace moat::policy

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "policy/address.hpp"
+#include "policy/header_fields.hpp"
 #include "policy/network.hpp"
 #include "policy/verdict.hpp"
 
@@ -44,6 +45,28 @@ struct Envelope {
   std::vector<Recipient> recipients;  // accepted so far
 };
 
+// One verified DKIM signature, in words every front end and check can use (RFC 8601 results).
+struct DkimOutcome {
+  std::string result;    // "pass", "fail", "neutral", "temperror", "permerror", "policy"
+  std::string domain;    // d=, lower case
+  std::string selector;  // s=
+  std::string header_b;  // the first 8 characters of b= (RFC 6008 header.b)
+  std::string reason;    // why, when not pass
+  bool testing = false;  // the key says t=y: verifiers treat the message as unsigned
+};
+
+// Sender-authentication results of the current message, shared by SPF, DKIM, DMARC and the
+// Authentication-Results header. Empty strings mean "not checked".
+struct AuthResults {
+  std::string spf_result;  // RFC 8601 word: pass, fail, softfail, neutral, none, temperror, permerror
+  std::string spf_domain;  // the domain SPF authorised (MAIL FROM's, or the HELO name)
+  bool dkim_checked = false;
+  std::vector<DkimOutcome> dkim;  // one per signature; empty and checked: no signature
+  std::string dmarc_result;       // pass, fail, none, temperror, permerror
+  std::string dmarc_domain;       // the RFC5322.From domain DMARC evaluated
+  std::string dmarc_policy;       // the policy applied: none, quarantine, reject
+};
+
 struct MessageContext {
   SessionInfo session;
 
@@ -55,6 +78,10 @@ struct MessageContext {
   std::string message;  // at Stage::EndOfData: header + body as received, CRLF line ends
   std::vector<Finding> findings;
   std::vector<std::pair<std::string, std::string>> add_headers;  // prepended at delivery
+  // Header fields of the received message to drop at delivery, e.g. forged
+  // Authentication-Results (RFC 8601 §5); counted in `message` as received.
+  std::vector<HeaderRemoval> remove_headers;
+  AuthResults auth;
 
   void add_finding(std::string name, double score, std::string detail = {}) {
     findings.push_back({std::move(name), score, std::move(detail)});
@@ -67,6 +94,8 @@ struct MessageContext {
     message.clear();
     findings.clear();
     add_headers.clear();
+    remove_headers.clear();
+    auth = {};
   }
 };
 

@@ -2,6 +2,7 @@
 
 #include "gateway/log.hpp"
 #include "policy/address.hpp"
+#include "policy/header_fields.hpp"
 
 #include <fmt/format.h>
 #include <openssl/ssl.h>
@@ -337,6 +338,13 @@ asio::awaitable<ClientReply> SmtpClient::data(std::string_view head, std::string
 asio::awaitable<std::vector<ClientReply>> SmtpClient::send(const SpoolEnvelope& env,
                                                            std::string_view message,
                                                            const std::vector<std::size_t>& rcpts) {
+  // Header fields end-of-data checks marked for removal (forged Authentication-Results,
+  // RFC 8601 §5) are dropped before anything, so that SIZE= counts what is sent.
+  std::string edited;
+  if (!env.remove_headers.empty()) {
+    edited = policy::remove_header_fields(message, env.remove_headers);
+    message = edited;
+  }
   std::vector<ClientReply> out(rcpts.size());
   lost_before_mail_ = false;
   auto all = [&](const ClientReply& r) {

@@ -20,6 +20,7 @@
 #include "gateway/smtp/body_filter.hpp"
 #include "gateway/smtp/command.hpp"
 #include "gateway/smtp/line_buffer.hpp"
+#include "policy/header_fields.hpp"
 
 namespace moat::gateway {
 namespace {
@@ -837,7 +838,11 @@ asio::awaitable<void> Session::relay_message() {
   std::string head;
   for (const auto& [name, value] : ctx_.add_headers) head += name + ": " + value + "\r\n";
   head += received_header();
-  Reply r = co_await proxy_->data(head, ctx_.message, prefix());
+  // Forged header fields the checks marked (RFC 8601 §5) never reach the backend.
+  std::string message = ctx_.remove_headers.empty()
+                            ? std::move(ctx_.message)
+                            : policy::remove_header_fields(ctx_.message, ctx_.remove_headers);
+  Reply r = co_await proxy_->data(head, message, prefix());
   std::string_view disposition = r.code / 100 == 2   ? "relayed"
                                  : r.code / 100 == 4 ? "tempfail"
                                                      : "rejected";
@@ -871,6 +876,7 @@ SpoolEnvelope Session::spool_envelope() const {
   env.envid = ctx_.envelope.envid;
   for (const auto& r : ctx_.envelope.recipients) env.recipients.push_back(spool_recipient(r));
   env.add_headers = ctx_.add_headers;
+  env.remove_headers = ctx_.remove_headers;
   return env;
 }
 

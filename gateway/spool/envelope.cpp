@@ -77,6 +77,8 @@ std::string serialize(const SpoolEnvelope& e) {
   if (!e.last_error.empty()) line("last_error", e.last_error);
   for (const auto& [name, value] : e.add_headers)
     out += fmt::format("header {} {}\n", esc(name), esc(value));
+  for (const auto& r : e.remove_headers)
+    out += fmt::format("unheader {} {}\n", esc(r.name), r.occurrence);
   return out;
 }
 
@@ -118,6 +120,10 @@ Result<SpoolEnvelope> parse_envelope(std::string_view text) {
       e.recipients.push_back(std::move(r));
     } else if (key == "header" && want(2)) {
       e.add_headers.emplace_back(f[1], f[2]);
+    } else if (key == "unheader" && want(2)) {
+      std::size_t n = 0;
+      if (!parse_number(f[2], n)) return bad("bad unheader occurrence");
+      e.remove_headers.push_back({f[1], n});
     } else if (!want(1)) {
       return bad("malformed envelope line: " + key);
     } else if (key == "qid") e.qid = f[1];

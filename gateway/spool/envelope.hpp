@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "policy/header_fields.hpp"
 #include "policy/result.hpp"
 
 namespace moat::gateway {
@@ -35,6 +36,7 @@ struct SpoolEnvelope {
   std::string envid;
   std::vector<SpoolRecipient> recipients;
   std::vector<std::pair<std::string, std::string>> add_headers;  // prepended at delivery
+  std::vector<policy::HeaderRemoval> remove_headers;  // received fields dropped at delivery
   // Delivery bookkeeping, rewritten (appended) after each attempt; see spool.hpp.
   std::uint64_t message_size = 0;  // the message is the first message_size octets of the file
   int attempts = 0;

@@ -114,6 +114,7 @@ SpoolEnvelope full_envelope(std::string qid) {
   e.add_headers = {{"X-Moat-Score", "3.5 (rule.a, rule.b)"},
                    {"Authentication-Results", "mx.example.test;\r\n\tspf=pass"},
                    {"X-Empty", ""}};
+  e.remove_headers = {{"Authentication-Results", 0}, {"Authentication-Results", 3}};
   return e;
 }
 
@@ -128,6 +129,7 @@ TEST_CASE("envelope: serialize and parse round trip") {
   SpoolEnvelope control_chars = minimal_envelope("0123456789ABCF");
   control_chars.helo = std::string("a\0b\x7f\n\r %%25 end", 15);
   control_chars.add_headers = {{"X-A", "line1\nline2"}, {"", ""}};
+  control_chars.remove_headers = {{"X-B\r\nY", 7}, {"", 0}};
 
   const SpoolEnvelope rows[] = {minimal_envelope("0123456789ABCD"),
                                 full_envelope("0123456789ABCD"), with_empty_fields, negative_time,

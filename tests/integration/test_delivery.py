@@ -14,7 +14,8 @@ import time
 import unittest
 
 from backend import PostfixBackend, free_port, postfix_available
-from harness import CRLF, LOCAL_DOMAIN, MoatTestCase, dot_stuff, moat_bin
+from harness import (CRLF, HOSTNAME, LOCAL_DOMAIN, MoatTestCase, dot_stuff, moat_bin,
+                     split_first_header)
 
 SENDER = "sender@example.test"  # a mailbox on the backend, so bounces can be read there
 USER = "user@example.test"
@@ -65,9 +66,13 @@ class Delivery(MoatTestCase):
         return [c.split(" ")[0].upper() for c in pf.commands()]
 
     def assertRelayed(self, delivery, body, qid, protocol="ESMTP"):
-        # What Postfix received is Moat's Received header followed by the client's message.
+        # What Postfix received is Moat's Authentication-Results and Received headers followed
+        # by the client's message.
         self.assertTrue(delivery.content.endswith(body), delivery.content)
-        received = delivery.content[:len(delivery.content) - len(body)]
+        added = delivery.content[:len(delivery.content) - len(body)]
+        auth_results, received = split_first_header(added)
+        self.assertTrue(auth_results.startswith(f"Authentication-Results: {HOSTNAME};".encode()),
+                        added)
         self.assertTrue(received.startswith(b"Received: from "), received)
         self.assertIn(f"(Moat) with {protocol} id {qid}".encode(), received)
 

@@ -80,6 +80,25 @@ class Proxy(MoatTestCase):
         self.assertSpoolEmpty(moat, ("incoming", "active", "deferred", "quarantine"))
         moat.wait_log(r"event=message disposition=relayed .*check=backend")
 
+    def test_forged_authentication_results_never_reach_the_backend(self):
+        from harness import HOSTNAME
+        pf = self.backend()
+        moat = self.proxy_for(pf.port)
+        forged = (f"Authentication-Results: {HOSTNAME}; dmarc=pass header.from=bank.test\r\n"
+                  f"Authentication-Results: upstream.test; spf=pass\r\n").encode()
+        c = moat.connect()
+        c.ehlo()
+        self.assertReply(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+        self.assertReply(c.cmd(f"RCPT TO:<{USER}>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(dot_stuff(forged + BODY))
+        self.assertReply(c.reply(), 250)
+        content = pf.wait_for(1)[0].content
+        self.assertTrue(content.endswith(b"Authentication-Results: upstream.test; spf=pass\r\n"
+                                         + BODY), content)
+        self.assertEqual(content.count(f"Authentication-Results: {HOSTNAME};".encode()), 1)
+        self.assertNotIn(b"dmarc=pass header.from=bank.test", content)
+
     def test_backend_refuses_an_unknown_user_at_rcpt_and_takes_the_others(self):
         pf = self.backend()
         moat = self.proxy_for(pf.port)
