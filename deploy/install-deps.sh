@@ -19,3 +19,10 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
 # only recommends).
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
   libopendkim-dev libpsl-dev publicsuffix
+# Shared rate-limit/greylist state: hiredis to speak RESP; redis-server only for the tests,
+# which run private instances on free loopback ports (the system service is not needed).
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+  libhiredis-dev redis-server
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
