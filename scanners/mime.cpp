@@ -5,6 +5,7 @@
 #include <zip.h>
 
 #include <algorithm>
+#include <cctype>
 #include <memory>
 #include <mutex>
 #include <unordered_set>
@@ -305,14 +306,22 @@ std::string html_to_text(std::string_view html) {
       }
       std::size_t end = html.find('>', i);
       if (end == std::string_view::npos) break;
+      // Inline tags vanish ("pass<b>word</b>" reads "password"); block tags separate words.
+      std::size_t n = i + 1 < html.size() && html[i + 1] == '/' ? i + 2 : i + 1;
+      std::size_t name_end = n;
+      while (name_end < end && std::isalnum(static_cast<unsigned char>(html[name_end]))) ++name_end;
+      std::string name = lower(std::string(html.substr(n, name_end - n)));
+      static const std::unordered_set<std::string> kInline = {
+          "a", "b", "i", "u", "s", "em", "strong", "span", "font", "small", "big", "sub", "sup",
+          "abbr", "code", "mark", "q", "wbr"};
+      if (!kInline.count(name) && !out.empty() && out.back() != ' ') out += ' ';
       i = end + 1;
-      out += ' ';
       continue;
     }
     if (c == '&') {
       static const std::pair<std::string_view, std::string_view> kEntities[] = {
           {"&amp;", "&"}, {"&lt;", "<"}, {"&gt;", ">"}, {"&quot;", "\""}, {"&#39;", "'"},
-          {"&apos;", "'"}, {"&nbsp;", " "}};
+          {"&apos;", "'"}, {"&nbsp;", " "}, {"&#160;", " "}};
       bool done = false;
       for (auto [ent, rep] : kEntities)
         if (iequal_at(html, i, ent)) {

@@ -203,8 +203,9 @@ TEST_CASE("mime: URL extraction, hosts and HTML text") {
     CAPTURE(row.url);
     CHECK(url_host(row.url) == row.host);
   }
+  CHECK(html_to_text("pass<b>word</b><br>next") == "password next");
   CHECK(html_to_text("<p>Hello&nbsp;<b>World</b> &amp; co</p><script>var x='<p>hidden';</script>end") ==
-        " Hello  World  & co  end");
+        "Hello World & co end");
 }
 
 }  // namespace moat::scanners
