@@ -359,6 +359,14 @@ void read_decider(Reader& r, const Value& t, DeciderConfig& d) {
   }
 }
 
+void read_rules(Reader& r, const Value& t, RulesConfig& c) {
+  r.known_keys(t, "[rules]", {"dir", "cache_dir"});
+  r.get(t, "dir", c.dir);
+  r.get(t, "cache_dir", c.cache_dir);
+  if (!c.dir.empty() && access(c.dir.c_str(), R_OK | X_OK) != 0)
+    r.error(*r.find(t, "dir"), fmt::format("cannot read rule directory '{}'", c.dir));
+}
+
 Result<Config> load(std::istream& in, const std::string& name) {
   Value root;
   try {
@@ -375,7 +383,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   c.source = name;
   c.server.spool_dir = "/var/spool/moat";
   c.server.listen = {{"127.0.0.1", 2525}};
-  r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider"});
+  r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider", "rules"});
   auto section = [&](const char* key, auto fn) {
     if (auto* v = r.find(root, key)) {
       if (v->is_table()) fn(*v);
@@ -387,6 +395,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   section("relay", [&](const Value& v) { read_relay(r, v, c.relay); });
   section("delivery", [&](const Value& v) { read_delivery(r, v, c.delivery); });
   section("decider", [&](const Value& v) { read_decider(r, v, c.decider); });
+  section("rules", [&](const Value& v) { read_rules(r, v, c.rules); });
   if (auto* v = r.find(root, "route")) {
     if (!v->is_array()) {
       r.error(*v, "'route' must be an array of tables: [[route]]");

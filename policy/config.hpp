@@ -87,6 +87,12 @@ struct DeciderConfig {
   std::map<std::string, double, std::less<>> scores;  // per-finding score overrides
 };
 
+// [rules]: content rules (scanners/). dir = "" means no content rules are loaded.
+struct RulesConfig {
+  std::string dir;        // directory of *.toml rule files
+  std::string cache_dir;  // compiled-database cache; "" = none (an unwritable one is skipped)
+};
+
 struct Config {
   std::string source;  // file name, or "<embedded default>"
   ServerConfig server;
@@ -95,6 +101,7 @@ struct Config {
   std::vector<Route> routes;
   DeliveryConfig delivery;
   DeciderConfig decider;
+  RulesConfig rules;
 
   // The route for a recipient domain (any case, optional trailing dot): exact entry, then
   // ".parent" entries, then "*"; nullptr when there is none.

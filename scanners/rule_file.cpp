@@ -283,8 +283,24 @@ RuleVariables RuleVariables::from_domains(const std::vector<std::string>& domain
   return v;
 }
 
+void parse_rule_text_unsorted(std::string_view text, const std::string& file, const RuleVariables& vars,
+                              RuleSet& out, std::vector<std::string>& errors);
+
 void parse_rule_text(std::string_view text, const std::string& file, const RuleVariables& vars,
                      RuleSet& out, std::vector<std::string>& errors) {
+  // TOML tables are unordered: sort this file's errors by line so they read top to bottom.
+  std::vector<std::string> mine;
+  parse_rule_text_unsorted(text, file, vars, out, mine);
+  auto line_of = [&](const std::string& e) {
+    return std::strtoul(e.c_str() + std::min(e.size(), file.size() + 1), nullptr, 10);
+  };
+  std::stable_sort(mine.begin(), mine.end(),
+                   [&](const std::string& a, const std::string& b) { return line_of(a) < line_of(b); });
+  errors.insert(errors.end(), mine.begin(), mine.end());
+}
+
+void parse_rule_text_unsorted(std::string_view text, const std::string& file, const RuleVariables& vars,
+                              RuleSet& out, std::vector<std::string>& errors) {
   Value root;
   try {
     std::istringstream in{std::string(text)};
