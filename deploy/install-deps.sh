@@ -14,3 +14,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
   libasio-dev libssl-dev openssl libtoml11-dev libspdlog-dev libfmt-dev \
   doctest-dev \
   python3 swaks libnet-ssleay-perl postfix
+# Content rules (scanners/): Hyperscan (needs SSSE3; checked at start with hs_valid_platform),
+# GMime 3 for MIME, libmagic for true file types (+ its database in libmagic-mgc), libzip for
+# zip listings.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+  libhyperscan-dev libgmime-3.0-dev libmagic-dev libmagic-mgc libzip-dev
