@@ -32,6 +32,9 @@ policy::Verdict ContentCheck::apply(const CompiledRules& rules, const MimeLimits
                    r.id, quoted(hit.where), quoted(hit.snippet));
       continue;
     }
+    // The summary line names the findings; this line says where each rule matched and on what.
+    spdlog::info("sid={} qid={} event=rule_hit rule={} where={} snippet={}", ctx.session.sid, ctx.qid, r.id,
+                 quoted(hit.where), quoted(hit.snippet));
     ctx.add_finding("rule." + r.id, r.score, hit.where + ": " + hit.snippet);
     switch (r.action) {
       case RuleAction::Reject:

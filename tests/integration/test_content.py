@@ -60,6 +60,8 @@ class ContentRules(MoatTestCase):
         self.assertEqual(r.first_text, "Refused: payment fraud pattern")
         self.assertIsNotNone(m.wait_log(r"disposition=rejected .*check=content findings=rule\.fraud"), m.log())
         self.assertEqual(m.spool_list("active"), [])
+        self.assertIsNotNone(m.wait_log(r'event=rule_hit rule=fraud where="part 1" snippet="please wire the money'),
+                             m.log())
 
         # The same session goes on: a clean message is queued.
         qid = self.assertQueued(self.send_message(c, SENDER, [RCPT], message("hello", "just a note"),
