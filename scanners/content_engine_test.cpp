@@ -135,12 +135,14 @@ TEST_CASE("engine: invalid UTF-8 in a text target is safe with utf8 rules") {
 }
 
 TEST_CASE("engine: a pattern Hyperscan refuses at compile names its rule's file:line") {
-  // Valid syntax (hs_expression_info accepts it), but too large for Hyperscan's compiler.
-  auto set = parse(rule("ok", "body", "fine") + rule("huge", "body", "(?:a|b.{30}c){50}"));
+  // The parser's syntax check catches most refusals; whatever gets past it (e.g. "Pattern is too
+  // large", slow to reproduce) is reported by the compile. Simulate one by editing a parsed rule.
+  auto set = parse(rule("ok", "body", "fine") + rule("later", "body", "other") + rule("subj", "subject", "x"));
+  set.rules[1].expression = "x(?=y)";
   auto compiled = CompiledRules::build(std::move(set), {});
   REQUIRE_FALSE(compiled);
-  CAPTURE(compiled.error().message);
-  CHECK(compiled.error().message.rfind("e.toml:8: rule 'huge': Hyperscan refuses the pattern: ", 0) == 0);
+  CHECK(compiled.error().message ==
+        "e.toml:8: rule 'later': Hyperscan refuses the pattern: Zero-width assertions are not supported.");
 }
 
 TEST_CASE("engine: the database cache is used on the second build and skipped when unwritable") {
