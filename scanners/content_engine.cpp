@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 namespace moat::scanners {
@@ -173,7 +174,7 @@ Result<std::shared_ptr<const CompiledRules>> CompiledRules::build(RuleSet rules,
     Db& d = self->dbs_[slot];
     std::vector<const char*> exprs;
     std::vector<unsigned> flags, ids;
-    std::string key = platform_key() + std::to_string(slot);
+    std::string key = platform_key() + std::to_string(slot) + (slot == static_cast<int>(Target::Raw) ? "stream" : "block");
     for (unsigned i = 0; i < self->rules_.rules.size(); ++i) {
       const Rule& r = self->rules_.rules[i];
       if (!r.has_pattern()) continue;
@@ -196,8 +197,10 @@ Result<std::shared_ptr<const CompiledRules>> CompiledRules::build(RuleSet rules,
       }
     }
     hs_compile_error_t* err = nullptr;
+    // The raw target is streamed while DATA arrives (RawStream); the others are block scans.
+    unsigned mode = slot == static_cast<int>(Target::Raw) ? HS_MODE_STREAM : HS_MODE_BLOCK;
     if (hs_compile_multi(exprs.data(), flags.data(), ids.data(), static_cast<unsigned>(exprs.size()),
-                         HS_MODE_BLOCK, nullptr, &d.db, &err) != HS_SUCCESS) {
+                         mode, nullptr, &d.db, &err) != HS_SUCCESS) {
       if (err && err->expression >= 0 && static_cast<std::size_t>(err->expression) < d.rule_of.size()) {
         const Rule& r = self->rules_.rules[d.rule_of[static_cast<std::size_t>(err->expression)]];
         errors.push_back(fmt::format("{}:{}: rule '{}': Hyperscan refuses the pattern: {}", r.file, r.line,
@@ -271,7 +274,7 @@ void CompiledRules::scan_one(Target t, std::string_view data, const std::string&
           scratch, on_match, &st);
 }
 
-ScanReport CompiledRules::scan(const MimeMessage& msg, std::string_view raw) const {
+ScanReport CompiledRules::scan(const MimeMessage& msg, std::string_view raw, RawStream* streamed) const {
   ScanState st;
   st.self = this;
   const auto& rules = rules_.rules;
@@ -284,7 +287,22 @@ ScanReport CompiledRules::scan(const MimeMessage& msg, std::string_view raw) con
   }
   scan_one(Target::Subject, msg.subject, "subject", {}, st);
   scan_one(Target::FromName, msg.from_display, "from display name", {}, st);
-  scan_one(Target::Raw, raw, "raw message", {}, st);
+  {
+    // Raw: from the stream fed during DATA, or streamed now in one piece.
+    std::optional<RawStream> local;
+    if (!streamed || streamed->rules_.get() != this) {
+      local.emplace(std::shared_ptr<const CompiledRules>(std::shared_ptr<const CompiledRules>(), this));
+      local->feed(raw);
+      streamed = &*local;
+    }
+    streamed->close();
+    for (std::size_t i = 0; i < streamed->counts_.size(); ++i) {
+      if (streamed->counts_[i] == 0) continue;
+      st.counts[i] += streamed->counts_[i];
+      st.first[i].where = "raw message";
+      st.first[i].snippet = snippet_at(raw, static_cast<std::size_t>(std::min<unsigned long long>(streamed->first_[i], raw.size())));
+    }
+  }
   for (const auto& p : msg.parts) {
     std::string where = p.describe();
     if (!p.text.empty()) {
@@ -341,6 +359,43 @@ ScanReport CompiledRules::scan(const MimeMessage& msg, std::string_view raw) con
     report.hits.push_back(std::move(hit));
   }
   return report;
+}
+
+RawStream::RawStream(std::shared_ptr<const CompiledRules> rules) : rules_(std::move(rules)) {
+  counts_.assign(rules_->rules_.rules.size(), 0);
+  first_.assign(counts_.size(), 0);
+  const auto& d = rules_->dbs_[static_cast<int>(Target::Raw)];
+  if (d.db && hs_open_stream(d.db, 0, &stream_) != HS_SUCCESS) stream_ = nullptr;
+}
+
+RawStream::~RawStream() {
+  // Closing without a scratch discards pending matches: nothing wants them any more.
+  if (stream_) hs_close_stream(stream_, nullptr, nullptr, nullptr);
+}
+
+int RawStream::on_match(unsigned id, unsigned long long, unsigned long long to, unsigned, void* ctx) {
+  auto* self = static_cast<RawStream*>(ctx);
+  unsigned ri = self->rules_->dbs_[static_cast<int>(Target::Raw)].rule_of[id];
+  if (self->counts_[ri]++ == 0) self->first_[ri] = to;
+  return 0;
+}
+
+void RawStream::feed(std::string_view chunk) {
+  if (!stream_ || chunk.empty()) return;
+  hs_scratch_t* scratch = rules_->thread_scratch();
+  if (!scratch) return;
+  while (!chunk.empty()) {
+    std::size_t n = std::min<std::size_t>(chunk.size(), 1u << 30);
+    hs_scan_stream(stream_, chunk.data(), static_cast<unsigned>(n), 0, scratch, on_match, this);
+    chunk.remove_prefix(n);
+  }
+}
+
+void RawStream::close() {
+  if (!stream_) return;
+  hs_scratch_t* scratch = rules_->thread_scratch();
+  hs_close_stream(stream_, scratch, scratch ? on_match : nullptr, this);
+  stream_ = nullptr;
 }
 
 }  // namespace moat::scanners
