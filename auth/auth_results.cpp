@@ -98,7 +98,8 @@ std::string build_authentication_results(std::string_view authserv_id,
                                          const AuthIdentities& ids) {
   std::vector<std::string> parts;
   if (!auth.spf_result.empty()) {
-    std::string p = "spf=" + ar_value(auth.spf_result);
+    std::string p = "spf=";  // appended: GCC 12 -O2 false -Wrestrict on "x" + string&&
+    p += ar_value(auth.spf_result);
     if (!ids.mail_from.empty()) {
       // smtp.mailfrom: the whole address when it is plain, else only its domain.
       auto at = ids.mail_from.rfind('@');
@@ -113,7 +114,8 @@ std::string build_authentication_results(std::string_view authserv_id,
   if (auth.dkim_checked) {
     if (auth.dkim.empty()) parts.push_back("dkim=none");
     for (const auto& d : auth.dkim) {
-      std::string p = "dkim=" + ar_value(d.result);
+      std::string p = "dkim=";  // appended: GCC 12 -O2 false -Wrestrict on "x" + string&&
+      p += ar_value(d.result);
       if (!d.reason.empty() || d.testing)
         p += " " + ar_comment(d.testing ? (d.reason.empty() ? "test mode" : d.reason + "; test mode")
                                         : d.reason);
@@ -124,7 +126,8 @@ std::string build_authentication_results(std::string_view authserv_id,
     }
   }
   if (!auth.dmarc_result.empty()) {
-    std::string p = "dmarc=" + ar_value(auth.dmarc_result);
+    std::string p = "dmarc=";  // appended: GCC 12 -O2 false -Wrestrict on "x" + string&&
+    p += ar_value(auth.dmarc_result);
     if (!auth.dmarc_policy.empty() && auth.dmarc_result == "fail")
       p += " " + ar_comment("p=" + auth.dmarc_policy);
     if (!auth.dmarc_domain.empty()) p += " header.from=" + pvalue(auth.dmarc_domain);

@@ -26,3 +26,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
+# Content rules (scanners/): Hyperscan (needs SSSE3; checked at start with hs_valid_platform),
+# GMime 3 for MIME, libmagic for true file types (+ its database in libmagic-mgc), libzip for
+# zip listings.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+  libhyperscan-dev libgmime-3.0-dev libmagic-dev libmagic-mgc libzip-dev

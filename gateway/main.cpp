@@ -9,12 +9,14 @@
 
 #include <algorithm>
 #include <asio/io_context.hpp>
+#include <asio/post.hpp>
 #include <asio/signal_set.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/thread_pool.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,7 @@
 #include "gateway/log.hpp"
 #include "gateway/queue_tool.hpp"
 #include "gateway/relay/callout_check.hpp"
+#include "gateway/rules_tool.hpp"
 #include "gateway/relay/queue_manager.hpp"
 #include "gateway/server.hpp"
 #include "gateway/state/redis_store.hpp"
@@ -34,6 +37,7 @@
 #include "policy/greylist.hpp"
 #include "policy/rate_limit.hpp"
 #include "policy/recipient_check.hpp"
+#include "scanners/content_check.hpp"
 
 namespace {
 
@@ -44,6 +48,7 @@ constexpr const char* kUsage = R"(usage:
   moat config check FILE         validate a configuration; prints file:line: reason, exit 1 on error
   moat config default            print the embedded default configuration
   moat queue [--config FILE] list [--json] | show QID | flush [QID] | hold QID | release QID | delete QID
+  moat rules [--config FILE] lint DIR | test [--rules DIR] FILE.eml
   moat version
 )";
 
@@ -75,6 +80,18 @@ std::string drop_privileges(const policy::Config& config) {
   if (setuid(0) == 0) return "privileges could not be dropped";
   spdlog::info("event=privileges_dropped user={} uid={}", config.server.user, pw->pw_uid);
   return "";
+}
+
+std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    if (end > start) out.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
 }
 
 int serve(const std::vector<std::string>& args) {
@@ -136,6 +153,24 @@ int serve(const std::vector<std::string>& args) {
   }
   checks.push_back(std::make_unique<auth::AuthResultsCheck>(cfg.auth.authserv_id));
   // --- end of sender authentication
+  // Content rules ([rules] dir): compiled before serving; a bad rule set refuses to start.
+  scanners::RuleStore rule_store;
+  if (!cfg.rules.dir.empty()) {
+    int cached = 0;
+    auto compiled = gateway::compile_rules(cfg, cfg.rules.dir, &cached);
+    if (!compiled) {
+      for (const auto& line : split_lines(compiled.error().message))
+        spdlog::critical("event=rules_error error={}", gateway::kv(line));
+      spdlog::critical("event=startup_failed error={}", gateway::kv("content rules do not compile"));
+      return 1;
+    }
+    spdlog::info("event=rules_loaded dir={} rules={} cached_databases={}", gateway::kv(cfg.rules.dir),
+                 (*compiled)->rules().rules.size(), cached);
+    rule_store.swap(*compiled);
+    scanners::MimeLimits limits;
+    limits.max_decoded = cfg.server.max_message_size;
+    checks.push_back(std::make_unique<scanners::ContentCheck>(rule_store, limits));
+  }
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
                             policy::Decider(cfg.decider));
   // fsync and file reads: I/O-bound, so many threads (one fsync at a time per thread).
@@ -187,6 +222,43 @@ int serve(const std::vector<std::string>& args) {
     give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     wait_drained({});
   });
+  // SIGHUP: recompile the rules on the worker pool, swap on success; on failure keep the old
+  // set and log each file:line error. Sessions in flight keep the snapshot they started with.
+  asio::signal_set hup(io, SIGHUP);
+  bool reloading = false, reload_again = false;
+  std::function<void()> reload = [&] {
+    if (reloading) {
+      reload_again = true;  // one more pass after this one, so the newest files win
+      return;
+    }
+    reloading = true;
+    asio::post(blocking, [&] {
+      auto started = std::chrono::steady_clock::now();
+      auto compiled = gateway::compile_rules(cfg, cfg.rules.dir);
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+      asio::post(io, [&, compiled = std::move(compiled), ms]() mutable {
+        if (compiled) {
+          spdlog::info("event=rules_reloaded dir={} rules={} ms={}", gateway::kv(cfg.rules.dir),
+                       (*compiled)->rules().rules.size(), ms.count());
+          rule_store.swap(std::move(*compiled));
+        } else {
+          for (const auto& line : split_lines(compiled.error().message))
+            spdlog::error("event=rules_reload_failed error={}", gateway::kv(line));
+          spdlog::error("event=rules_reload_failed keeping=previous_rules");
+        }
+        reloading = false;
+        if (std::exchange(reload_again, false)) reload();
+      });
+    });
+  };
+  std::function<void(std::error_code, int)> on_hup = [&](std::error_code ec, int) {
+    if (ec) return;
+    if (cfg.rules.dir.empty()) spdlog::info("event=sighup_ignored reason=\"no [rules] dir configured\"");
+    else reload();
+    hup.async_wait(on_hup);
+  };
+  hup.async_wait(on_hup);
+
   server.start();
   queue.start();
   std::string listen;
@@ -232,6 +304,19 @@ int main(int argc, char** argv) {
   args.erase(args.begin());
   if (cmd == "serve") return serve(args);
   if (cmd == "config") return config_command(args);
+  if (cmd == "rules") {
+    auto config = load(args);
+    if (!config) {
+      fmt::print(stderr, "{}\n", config.error().message);
+      return 1;
+    }
+    for (std::size_t i = 0; i + 1 < args.size(); ++i)
+      if (args[i] == "--config") {
+        args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
+        break;
+      }
+    return gateway::rules_command(*config, args);
+  }
   if (cmd == "queue") {
     auto config = load(args);
     if (!config) {

@@ -563,6 +563,14 @@ void read_auth(Reader& r, const Value& t, AuthConfig& a) {
   }
 }
 
+void read_rules(Reader& r, const Value& t, RulesConfig& c) {
+  r.known_keys(t, "[rules]", {"dir", "cache_dir"});
+  r.get(t, "dir", c.dir);
+  r.get(t, "cache_dir", c.cache_dir);
+  if (!c.dir.empty() && access(c.dir.c_str(), R_OK | X_OK) != 0)
+    r.error(*r.find(t, "dir"), fmt::format("cannot read rule directory '{}'", c.dir));
+}
+
 Result<Config> load(std::istream& in, const std::string& name) {
   Value root;
   try {
@@ -581,7 +589,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   c.server.listen = {Listener{{"127.0.0.1", 2525}}};
   r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider",
                                        "limit", "greylist", "state", "pregreet", "dkim", "dmarc",
-                                       "auth"});
+                                       "auth", "rules"});
   auto section = [&](const char* key, auto fn) {
     if (auto* v = r.find(root, key)) {
       if (v->is_table()) fn(*v);
@@ -616,6 +624,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   section("dkim", [&](const Value& v) { read_dkim(r, v, c.dkim); });
   section("dmarc", [&](const Value& v) { read_dmarc(r, v, c.dmarc); });
   section("auth", [&](const Value& v) { read_auth(r, v, c.auth); });
+  section("rules", [&](const Value& v) { read_rules(r, v, c.rules); });
   if (auto* v = r.find(root, "route")) {
     if (!v->is_array()) {
       r.error(*v, "'route' must be an array of tables: [[route]]");

@@ -171,6 +171,12 @@ struct AuthConfig {
   std::string authserv_id;  // Authentication-Results authserv-id; default: server.hostname
 };
 
+// [rules]: content rules (scanners/). dir = "" means no content rules are loaded.
+struct RulesConfig {
+  std::string dir;        // directory of *.toml rule files
+  std::string cache_dir;  // compiled-database cache; "" = none (an unwritable one is skipped)
+};
+
 struct Config {
   std::string source;  // file name, or "<embedded default>"
   ServerConfig server;
@@ -186,6 +192,7 @@ struct Config {
   DkimConfig dkim;
   DmarcConfig dmarc;
   AuthConfig auth;
+  RulesConfig rules;
 
   // The route for a recipient domain (any case, optional trailing dot): exact entry, then
   // ".parent" entries, then "*"; nullptr when there is none.

@@ -149,6 +149,7 @@ quarantine_score = 7.5
   CHECK(c.decider.scores.size() == 2);
   CHECK(c.decider.scores.at("spf.fail") == 4);
   CHECK(c.decider.scores.at("rule.phish_url") == 12.5);
+  CHECK(c.rules.dir.empty());
 }
 
 TEST_CASE("sizes accept bytes or a binary K/M/G suffix") {
@@ -336,6 +337,11 @@ TEST_CASE("each unknown key or bad value is one error naming its exact line") {
     {"[decider]\nreject_score = \"high\"\n", kBaseLines + 2, "reject_score"},
     {"[decider]\nscores = 5\n", kBaseLines + 2, "scores"},
     {"[decider.scores]\n\"spf.fail\" = 1\n\"rule.x\" = \"lots\"\n", kBaseLines + 3, "rule.x"},
+    // [rules].
+    {"[rules]\ndir = \"/nonexistent/moat-test/rules\"\n", kBaseLines + 2, "/nonexistent/moat-test/rules"},
+    {"[rules]\ndir = 1\n", kBaseLines + 2, "dir"},
+    {"[rules]\ncache_dir = []\n", kBaseLines + 2, "cache_dir"},
+    {"[rules]\nreload = true\n", kBaseLines + 2, "reload"},
   };
   // clang-format on
   for (const auto& row : rows) {
