@@ -28,6 +28,7 @@
 #include "policy/config.hpp"
 #include "policy/pipeline.hpp"
 #include "policy/recipient_check.hpp"
+#include "scanners/external/scanner_check.hpp"
 
 namespace {
 
@@ -98,6 +99,15 @@ int serve(const std::vector<std::string>& args) {
   asio::io_context io(1);
   if (cfg.relay.callout)
     checks.push_back(std::make_unique<gateway::CalloutCheck>(io.get_executor(), cfg));
+  // External scanner plugins ([[scanner]]): one check runs them all in parallel.
+  if (!cfg.scanners.empty()) {
+    auto scanners = std::make_unique<scanners::ScannerCheck>(io.get_executor(), cfg.scanners);
+    if (auto started = scanners->start(); !started) {
+      spdlog::critical("event=startup_failed error={}", gateway::kv(started.error().message));
+      return 1;
+    }
+    checks.push_back(std::move(scanners));
+  }
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
                             policy::Decider(cfg.decider));
   asio::thread_pool blocking(2);
