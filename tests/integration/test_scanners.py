@@ -165,5 +165,71 @@ class Misbehaving(ScannerTestCase):
         self.assertTrue(moat.wait_log(r"event=scanner_failed scanner=av .*on_error=continue"))
 
 
+CLAMD = "/usr/sbin/clamd"
+
+
+@unittest.skipUnless(os.path.exists(CLAMD), "clamav-daemon is not installed")
+class ClamAV(ScannerTestCase):
+    """moat-clamav with a private clamd whose only signature is written here: no download."""
+    SIGNATURE = "Moat-Test-Eicar"
+
+    def setUp(self):
+        super().setUp()
+        db = os.path.join(self.tmp, "clamdb")
+        os.mkdir(db)
+        # An .ndb body signature: name:target(0 = any file):offset(* = anywhere):hex.
+        with open(os.path.join(db, "moat-test.ndb"), "w") as f:
+            f.write(f"{self.SIGNATURE}:0:*:{EICAR.hex()}\n")
+        self.clamd_sock = os.path.join(self.tmp, "clamd.sock")
+        conf = os.path.join(self.tmp, "clamd.conf")
+        with open(conf, "w") as f:
+            f.write(f"LocalSocket {self.clamd_sock}\nDatabaseDirectory {db}\nForeground yes\n"
+                    f"LogFile {self.tmp}/clamd.log\nTemporaryDirectory {self.tmp}\nBytecode no\n")
+        out = open(os.path.join(self.tmp, "clamd.out"), "w")
+        self.clamd = subprocess.Popen([CLAMD, "-c", conf], stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT)
+        out.close()
+        self.plugins.append(self.clamd)  # stopped by PID with the plugins
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.clamd_sock):
+            self.assertIsNone(self.clamd.poll(), "clamd exited: " + self.read(f"{self.tmp}/clamd.log"))
+            self.assertLess(time.monotonic(), deadline, "clamd did not start")
+            time.sleep(0.02)
+        self.moat = self.start_moat_with_scanner()
+        bridge = os.path.join(os.path.dirname(self.moat_bin_path()), "moat-clamav")
+        with open(os.path.join(self.tmp, "bridge.log"), "w") as log:
+            self.bridge = subprocess.Popen([bridge, "--endpoint", self.endpoint, "--clamd",
+                                            self.clamd_sock], stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=log)
+        self.plugins.append(self.bridge)
+        time.sleep(0.5)  # the bridge connects to Moat's endpoint (ipc: a few ms)
+
+    @staticmethod
+    def moat_bin_path():
+        from harness import moat_bin
+        return moat_bin()
+
+    def test_eicar_refused_with_clamds_signature_name(self):
+        c = self.moat.connect()
+        r = self.send_message(c, SENDER, [RCPT], message(b"see attached\r\n" + EICAR))
+        self.assertReply(r, 554, "5.7.1")
+        self.assertIn(self.SIGNATURE, r.text)
+        self.assertTrue(self.moat.wait_log(r"scanner=av .*action=reject findings=1"))
+
+    def test_clean_message_passes(self):
+        c = self.moat.connect()
+        qid = self.assertQueued(self.send_message(c, SENDER, [RCPT], message(b"hello")))
+        self.assertIn(("X-Virus-Scanned", "moat-clamav"), self.moat.read_queued(qid).headers)
+
+    def test_clamd_gone_tempfails(self):
+        os.kill(self.clamd.pid, signal.SIGKILL)
+        self.clamd.wait()
+        os.unlink(self.clamd_sock)
+        c = self.moat.connect()
+        r = self.send_message(c, SENDER, [RCPT], message(b"hello"))
+        self.assertReply(r, 451, "4.7.1")
+        self.assertTrue(self.moat.wait_log(r"event=scanner_failed scanner=av .*clamd"))
+
+
 if __name__ == "__main__":
     unittest.main()
