@@ -20,7 +20,7 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
 # starting during the install (policy-rc.d) and disabled after it; tests run a private clamd
 # with a signature database they write.
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-  libzmq3-dev cppzmq-dev python3-zmq
+  libzmq3-dev cppzmq-dev python3-zmq libmagic-dev libarchive-dev libgmime-3.0-dev
 if ! dpkg -s clamav-daemon >/dev/null 2>&1; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
   $SUDO chmod +x /usr/sbin/policy-rc.d

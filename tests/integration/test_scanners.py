@@ -231,5 +231,54 @@ class ClamAV(ScannerTestCase):
         self.assertTrue(self.moat.wait_log(r"event=scanner_failed scanner=av .*clamd"))
 
 
+class FileType(ScannerTestCase):
+    """moat-filetype: the true type by content, inside a zip, against a policy written here."""
+
+    def setUp(self):
+        super().setUp()
+        policy = os.path.join(self.tmp, "filetype.policy")
+        with open(policy, "w") as f:
+            f.write("# test policy\nreject application/pdf\nscore image/* 2\n")
+        self.moat = self.start_moat_with_scanner()
+        from harness import moat_bin
+        tool = os.path.join(os.path.dirname(moat_bin()), "moat-filetype")
+        with open(os.path.join(self.tmp, "filetype.log"), "w") as log:
+            self.plugins.append(subprocess.Popen(
+                [tool, "--endpoint", self.endpoint, "--policy", policy],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log))
+        time.sleep(0.5)  # the plugin connects to Moat's endpoint
+
+    @staticmethod
+    def with_zip(member_name, member_data):
+        import base64
+        import io
+        import zipfile
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr(member_name, member_data)
+        b64 = base64.encodebytes(buf.getvalue()).replace(b"\n", b"\r\n")
+        return dot_stuff(
+            b"From: a@example.org\r\nTo: user@" + LOCAL_DOMAIN.encode() + b"\r\n"
+            b"Subject: files\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+            b"--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            b"--b1\r\nContent-Type: application/zip; name=\"report.zip\"\r\n"
+            b"Content-Disposition: attachment; filename=\"report.zip\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--b1--\r\n")
+
+    def test_pdf_disguised_as_text_inside_a_zip_is_refused(self):
+        pdf = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< >>\n%%EOF\n"
+        c = self.moat.connect()
+        r = self.send_message(c, SENDER, [RCPT], self.with_zip("invoice.txt", pdf))
+        self.assertReply(r, 554, "5.7.1")
+        self.assertIn("application/pdf", r.text)
+        self.assertIn("report.zip/invoice.txt", r.text)
+
+    def test_text_inside_a_zip_passes(self):
+        c = self.moat.connect()
+        self.assertQueued(self.send_message(c, SENDER, [RCPT],
+                                            self.with_zip("notes.txt", b"just text\n" * 20)))
+
+
 if __name__ == "__main__":
     unittest.main()
