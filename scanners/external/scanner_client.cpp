@@ -92,7 +92,7 @@ std::string ScannerClient::next_id() { return fmt::format("{}-{}", config_.name,
 
 bool ScannerClient::breaker_open() const {
   return failures_ >= config_.breaker_failures &&
-         (std::chrono::steady_clock::now() < open_until_ || probing_);
+         (std::chrono::steady_clock::now() < open_until_ || shared_->probing);
 }
 
 void ScannerClient::record(bool ok) {
@@ -105,7 +105,7 @@ void ScannerClient::record(bool ok) {
   ++failures_;
   if (failures_ >= config_.breaker_failures) {
     open_until_ = std::chrono::steady_clock::now() + config_.breaker_cooldown;
-    if (failures_ == config_.breaker_failures || probing_)
+    if (failures_ == config_.breaker_failures || shared_->probing)
       spdlog::warn("event=scanner_breaker_open scanner={} failures={} cooldown={}s", config_.name,
                    failures_, config_.breaker_cooldown.count());
   }
@@ -162,8 +162,8 @@ void ScannerClient::dispatch(std::vector<zmq::message_t>& parts) {
   for (; i < parts.size(); ++i) frames.push_back(parts[i].to_string());
   auto decoded = decode(frames);
   std::string id = decoded ? decoded->id : loose_id(frames);
-  auto it = pending_.find(id);
-  if (it == pending_.end()) {
+  auto it = shared_->pending.find(id);
+  if (it == shared_->pending.end()) {
     spdlog::info("event=scanner_reply_dropped scanner={} reason=\"{}\"", config_.name,
                  decoded ? "late or unknown id" : sanitize_reply_text(decoded.error().message));
     return;
@@ -200,26 +200,27 @@ bool ScannerClient::notify(const std::vector<std::string>& frames) { return send
 
 asio::awaitable<ScanOutcome> ScannerClient::scan(std::vector<std::string> frames, std::string id) {
   auto now = std::chrono::steady_clock::now();
+  std::shared_ptr<Shared> shared = shared_;
+  bool probe = false;
   if (failures_ >= config_.breaker_failures) {
-    if (now < open_until_ || probing_) {
+    if (now < open_until_ || shared->probing) {
       ScanOutcome o = failed("circuit breaker open");
       co_return o;
     }
-    probing_ = true;  // half-open: this request decides
+    shared->probing = probe = true;  // half-open: this request decides
   }
-  struct ProbeReset {
-    bool& probing;
-    ~ProbeReset() { probing = false; }
-  } probe_reset{probing_};
-
   asio::steady_timer timer(ex_);
   Pending pending{&timer, std::nullopt};
-  pending_[id] = &pending;
+  shared->pending[id] = &pending;
   struct Forget {
-    std::unordered_map<std::string, Pending*>& map;
+    std::shared_ptr<Shared> shared;
     const std::string& id;
-    ~Forget() { map.erase(id); }
-  } forget{pending_, id};
+    bool probe;
+    ~Forget() {
+      shared->pending.erase(id);
+      if (probe) shared->probing = false;
+    }
+  } forget{shared, id, probe};
 
   auto deadline = now + config_.timeout;
   if (!send(frames)) {

@@ -20,6 +20,7 @@
 #include <asio/posix/stream_descriptor.hpp>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -81,10 +82,15 @@ class ScannerClient {
   asio::posix::stream_descriptor fd_;
   bool started_ = false;
   std::uint64_t next_id_ = 0;
-  std::unordered_map<std::string, Pending*> pending_;
+  // What a request's coroutine frame touches when it ends, shared so that a frame destroyed
+  // after the client (io_context torn down with scans under way) touches live memory.
+  struct Shared {
+    std::unordered_map<std::string, Pending*> pending;
+    bool probing = false;  // half-open: one request is under way
+  };
+  std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
   std::uint64_t failures_ = 0;
   std::chrono::steady_clock::time_point open_until_{};
-  bool probing_ = false;  // half-open: one request is under way
 };
 
 }  // namespace moat::scanners
