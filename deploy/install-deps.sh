@@ -31,3 +31,22 @@ fi
 # zip listings.
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
   libhyperscan-dev libgmime-3.0-dev libmagic-dev libmagic-mgc libzip-dev
+
+# --- scanner plugins (ZeroMQ, plugins/) ---
+# clamd and freshclam must not run system-wide nor download signatures: services are kept from
+# starting during the install (policy-rc.d) and disabled after it; tests run a private clamd
+# with a signature database they write.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+  libzmq3-dev cppzmq-dev python3-zmq libmagic-dev libarchive-dev libgmime-3.0-dev
+if ! dpkg -s clamav-daemon >/dev/null 2>&1; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+    clamav-daemon clamav || { $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now clamav-daemon.service clamav-freshclam.service \
+    clamav-daemon.socket >/dev/null 2>&1 || true
+fi
+# --- end scanner plugins ---

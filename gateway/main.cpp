@@ -38,6 +38,7 @@
 #include "policy/rate_limit.hpp"
 #include "policy/recipient_check.hpp"
 #include "scanners/content_check.hpp"
+#include "scanners/external/scanner_check.hpp"
 
 namespace {
 
@@ -170,6 +171,15 @@ int serve(const std::vector<std::string>& args) {
     scanners::MimeLimits limits;
     limits.max_decoded = cfg.server.max_message_size;
     checks.push_back(std::make_unique<scanners::ContentCheck>(rule_store, limits));
+  }
+  // External scanner plugins ([[scanner]]): one check runs them all in parallel.
+  if (!cfg.scanners.empty()) {
+    auto scanners = std::make_unique<scanners::ScannerCheck>(io.get_executor(), cfg.scanners);
+    if (auto started = scanners->start(); !started) {
+      spdlog::critical("event=startup_failed error={}", gateway::kv(started.error().message));
+      return 1;
+    }
+    checks.push_back(std::move(scanners));
   }
   policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
                             policy::Decider(cfg.decider));

@@ -571,6 +571,75 @@ void read_rules(Reader& r, const Value& t, RulesConfig& c) {
     r.error(*r.find(t, "dir"), fmt::format("cannot read rule directory '{}'", c.dir));
 }
 
+// --- external scanner plugins ([[scanner]]) ---
+void read_scanner(Reader& r, const Value& t, ScannerConfig& s) {
+  r.known_keys(t, "[[scanner]]", {"name", "endpoint", "timeout", "on_error", "stages", "max_size",
+                                  "report_only", "breaker_failures", "breaker_cooldown"});
+  r.get(t, "name", s.name);
+  bool name_ok = !s.name.empty() && s.name.size() <= 32 &&
+                 std::all_of(s.name.begin(), s.name.end(), [](char c) {
+                   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+                 });
+  if (!name_ok) r.error(t, "[[scanner]] needs a 'name' of 1-32 characters [a-z0-9_-]");
+  r.get(t, "endpoint", s.endpoint);
+  auto tcp = std::string_view(s.endpoint).substr(0, 6) == "tcp://"
+                 ? parse_endpoint(std::string_view(s.endpoint).substr(6))
+                 : std::nullopt;
+  bool ipc = s.endpoint.rfind("ipc://", 0) == 0 && s.endpoint.size() > 6 && s.endpoint.size() < 100;
+  if (!tcp && !ipc)
+    r.error(r.find(t, "endpoint") ? *r.find(t, "endpoint") : t,
+            "[[scanner]] needs 'endpoint' = \"tcp://ADDRESS:PORT\" or \"ipc:///path\"");
+  r.get_duration(t, "timeout", s.timeout);
+  std::string on_error = "tempfail";
+  r.get(t, "on_error", on_error);
+  if (on_error == "tempfail") s.on_error = ScannerOnError::TempFail;
+  else if (on_error == "continue") s.on_error = ScannerOnError::Continue;
+  else r.error(*r.find(t, "on_error"), "'on_error' must be \"tempfail\" or \"continue\"");
+  if (r.find(t, "stages")) {
+    s.stages.clear();
+    for (auto& [name, at] : r.get_strings(t, "stages")) {
+      bool found = false;
+      for (Stage st : {Stage::Connect, Stage::Helo, Stage::MailFrom, Stage::RcptTo,
+                       Stage::EndOfData})
+        if (name == to_string(st)) {
+          found = true;
+          if (std::find(s.stages.begin(), s.stages.end(), st) == s.stages.end())
+            s.stages.push_back(st);
+        }
+      if (!found)
+        r.error(*at, fmt::format("'{}' is not a stage (connect, helo, mail, rcpt, data)", name));
+    }
+    if (s.stages.empty()) r.error(*r.find(t, "stages"), "'stages' must name at least one stage");
+  }
+  r.get_size(t, "max_size", s.max_size);
+  r.get(t, "report_only", s.report_only);
+  r.get_count(t, "breaker_failures", s.breaker_failures, 1, 1000);
+  r.get_duration(t, "breaker_cooldown", s.breaker_cooldown);
+}
+
+void read_scanners(Reader& r, const Value& v, std::vector<ScannerConfig>& out) {
+  if (!v.is_array()) {
+    r.error(v, "'scanner' must be an array of tables: [[scanner]]");
+    return;
+  }
+  for (const auto& t : v.as_array()) {
+    if (!t.is_table()) {
+      r.error(t, "'scanner' entries must be tables");
+      continue;
+    }
+    ScannerConfig s;
+    read_scanner(r, t, s);
+    for (const auto& other : out) {
+      if (!s.name.empty() && other.name == s.name)
+        r.error(t, fmt::format("scanner name '{}' is used twice", s.name));
+      if (!s.endpoint.empty() && other.endpoint == s.endpoint)
+        r.error(t, fmt::format("scanner endpoint '{}' is used twice", s.endpoint));
+    }
+    out.push_back(std::move(s));
+  }
+}
+// --- end external scanner plugins ---
+
 Result<Config> load(std::istream& in, const std::string& name) {
   Value root;
   try {
@@ -589,7 +658,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
   c.server.listen = {Listener{{"127.0.0.1", 2525}}};
   r.known_keys(root, "the top level", {"server", "tls", "relay", "route", "delivery", "decider",
                                        "limit", "greylist", "state", "pregreet", "dkim", "dmarc",
-                                       "auth", "rules"});
+                                       "auth", "rules", "scanner"});
   auto section = [&](const char* key, auto fn) {
     if (auto* v = r.find(root, key)) {
       if (v->is_table()) fn(*v);
@@ -639,6 +708,7 @@ Result<Config> load(std::istream& in, const std::string& name) {
       }
     }
   }
+  if (auto* v = r.find(root, "scanner")) read_scanners(r, *v, c.scanners);  // [[scanner]]
   if (c.server.hostname.empty()) c.server.hostname = system_hostname();
   for (const auto& l : c.server.listen)
     if (l.mode == ListenerMode::Proxy && !c.proxy_route()) {

@@ -12,6 +12,7 @@
 
 #include "policy/network.hpp"
 #include "policy/result.hpp"
+#include "policy/verdict.hpp"
 
 namespace moat::policy {
 
@@ -176,6 +177,20 @@ struct RulesConfig {
   std::string dir;        // directory of *.toml rule files
   std::string cache_dir;  // compiled-database cache; "" = none (an unwritable one is skipped)
 };
+// --- external scanner plugins ([[scanner]], plugins/PROTOCOL.md) ---
+enum class ScannerOnError { TempFail, Continue };
+struct ScannerConfig {
+  std::string name;      // [a-z0-9_-]+, unique; findings are named scanner.<name>.…
+  std::string endpoint;  // "tcp://127.0.0.1:7001" or "ipc:///path": Moat binds, plugins connect
+  std::chrono::seconds timeout{10};  // deadline of one request
+  ScannerOnError on_error = ScannerOnError::TempFail;
+  std::vector<Stage> stages{Stage::EndOfData};
+  std::uint64_t max_size = 25 * 1024 * 1024;  // larger messages are not sent
+  bool report_only = false;                   // send events, never wait for or use a reply
+  std::size_t breaker_failures = 5;           // failures in a row that open the breaker
+  std::chrono::seconds breaker_cooldown{30};  // how long an open breaker skips the scanner
+};
+// --- end external scanner plugins ---
 
 struct Config {
   std::string source;  // file name, or "<embedded default>"
@@ -193,6 +208,7 @@ struct Config {
   DmarcConfig dmarc;
   AuthConfig auth;
   RulesConfig rules;
+  std::vector<ScannerConfig> scanners;  // [[scanner]]
 
   // The route for a recipient domain (any case, optional trailing dot): exact entry, then
   // ".parent" entries, then "*"; nullptr when there is none.

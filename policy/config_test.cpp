@@ -514,6 +514,76 @@ TEST_CASE("load_config_file names the file in errors") {
   ::rmdir(dir);
 }
 
+// --- external scanner plugins ([[scanner]]) ---
+TEST_CASE("scanners: values and defaults") {
+  std::string text = std::string(kBase) +
+                     "[[scanner]]\n"
+                     "name = \"clamav\"\n"
+                     "endpoint = \"tcp://127.0.0.1:7001\"\n"
+                     "timeout = \"3s\"\n"
+                     "on_error = \"continue\"\n"
+                     "stages = [\"rcpt\", \"data\"]\n"
+                     "max_size = \"10M\"\n"
+                     "breaker_failures = 3\n"
+                     "breaker_cooldown = \"1m\"\n"
+                     "[[scanner]]\n"
+                     "name = \"filetype\"\n"
+                     "endpoint = \"ipc:///run/moat/filetype\"\n"
+                     "report_only = true\n";
+  auto r = load_config_text(text, "s.toml");
+  CAPTURE(r.ok() ? std::string() : r.error().message);
+  REQUIRE(r.ok());
+  REQUIRE(r->scanners.size() == 2);
+  const auto& a = r->scanners[0];
+  CHECK(a.name == "clamav");
+  CHECK(a.endpoint == "tcp://127.0.0.1:7001");
+  CHECK(a.timeout == 3s);
+  CHECK(a.on_error == ScannerOnError::Continue);
+  CHECK(a.stages == std::vector<Stage>{Stage::RcptTo, Stage::EndOfData});
+  CHECK(a.max_size == 10u * 1024 * 1024);
+  CHECK(a.breaker_failures == 3);
+  CHECK(a.breaker_cooldown == 60s);
+  const auto& b = r->scanners[1];
+  CHECK(b.on_error == ScannerOnError::TempFail);  // the documented default
+  CHECK(b.stages == std::vector<Stage>{Stage::EndOfData});
+  CHECK(b.timeout == 10s);
+  CHECK(b.report_only);
+}
+
+TEST_CASE("scanners: errors name their line") {
+  std::string text = std::string(kBase) +
+                     "[[scanner]]\n"                                 // 3
+                     "name = \"av\"\n"                             // 4
+                     "endpoint = \"http://127.0.0.1:7001\"\n"      // 5
+                     "on_error = \"ignore\"\n"                     // 6
+                     "stages = [\"data\", \"body\"]\n"           // 7
+                     "colour = 1\n"                                  // 8
+                     "[[scanner]]\n"                                 // 9
+                     "name = \"Bad Name\"\n"                       // 10
+                     "endpoint = \"tcp://127.0.0.1:7002\"\n"       // 11
+                     "timeout = 0\n";                                // 12
+  auto r = load_config_text(text, "s.toml");
+  REQUIRE_FALSE(r.ok());
+  auto errors = error_lines(r.error().message);
+  CAPTURE(r.error().message);
+  CHECK(has_error(errors, "s.toml", 5, "'endpoint'"));
+  CHECK(has_error(errors, "s.toml", 6, "'on_error'"));
+  CHECK(has_error(errors, "s.toml", 7, "'body' is not a stage"));
+  CHECK(has_error(errors, "s.toml", 8, "unknown key 'colour'"));
+  CHECK(has_error(errors, "s.toml", 12, "'timeout'"));
+  CHECK(std::any_of(errors.begin(), errors.end(), [](const std::string& e) {
+    return e.find("needs a 'name'") != std::string::npos;
+  }));
+  auto dup = load_config_text(std::string(kBase) +
+                                  "[[scanner]]\nname = \"a\"\nendpoint = \"ipc:///x\"\n"
+                                  "[[scanner]]\nname = \"a\"\nendpoint = \"ipc:///x\"\n",
+                              "d.toml");
+  REQUIRE_FALSE(dup.ok());
+  CHECK(dup.error().message.find("'a' is used twice") != std::string::npos);
+  CHECK(dup.error().message.find("'ipc:///x' is used twice") != std::string::npos);
+}
+// --- end external scanner plugins ---
+
 }  // namespace
 }  // namespace moat::policy
 
@@ -596,6 +666,76 @@ TEST_CASE("routes: errors name their line") {
     return e.find("'retry_max' is shorter than 'retry_min'") != std::string::npos;
   }));
 }
+
+// --- external scanner plugins ([[scanner]]) ---
+TEST_CASE("scanners: values and defaults") {
+  std::string text = std::string(kBase) +
+                     "[[scanner]]\n"
+                     "name = \"clamav\"\n"
+                     "endpoint = \"tcp://127.0.0.1:7001\"\n"
+                     "timeout = \"3s\"\n"
+                     "on_error = \"continue\"\n"
+                     "stages = [\"rcpt\", \"data\"]\n"
+                     "max_size = \"10M\"\n"
+                     "breaker_failures = 3\n"
+                     "breaker_cooldown = \"1m\"\n"
+                     "[[scanner]]\n"
+                     "name = \"filetype\"\n"
+                     "endpoint = \"ipc:///run/moat/filetype\"\n"
+                     "report_only = true\n";
+  auto r = load_config_text(text, "s.toml");
+  CAPTURE(r.ok() ? std::string() : r.error().message);
+  REQUIRE(r.ok());
+  REQUIRE(r->scanners.size() == 2);
+  const auto& a = r->scanners[0];
+  CHECK(a.name == "clamav");
+  CHECK(a.endpoint == "tcp://127.0.0.1:7001");
+  CHECK(a.timeout == 3s);
+  CHECK(a.on_error == ScannerOnError::Continue);
+  CHECK(a.stages == std::vector<Stage>{Stage::RcptTo, Stage::EndOfData});
+  CHECK(a.max_size == 10u * 1024 * 1024);
+  CHECK(a.breaker_failures == 3);
+  CHECK(a.breaker_cooldown == 60s);
+  const auto& b = r->scanners[1];
+  CHECK(b.on_error == ScannerOnError::TempFail);  // the documented default
+  CHECK(b.stages == std::vector<Stage>{Stage::EndOfData});
+  CHECK(b.timeout == 10s);
+  CHECK(b.report_only);
+}
+
+TEST_CASE("scanners: errors name their line") {
+  std::string text = std::string(kBase) +
+                     "[[scanner]]\n"                                 // 3
+                     "name = \"av\"\n"                             // 4
+                     "endpoint = \"http://127.0.0.1:7001\"\n"      // 5
+                     "on_error = \"ignore\"\n"                     // 6
+                     "stages = [\"data\", \"body\"]\n"           // 7
+                     "colour = 1\n"                                  // 8
+                     "[[scanner]]\n"                                 // 9
+                     "name = \"Bad Name\"\n"                       // 10
+                     "endpoint = \"tcp://127.0.0.1:7002\"\n"       // 11
+                     "timeout = 0\n";                                // 12
+  auto r = load_config_text(text, "s.toml");
+  REQUIRE_FALSE(r.ok());
+  auto errors = error_lines(r.error().message);
+  CAPTURE(r.error().message);
+  CHECK(has_error(errors, "s.toml", 5, "'endpoint'"));
+  CHECK(has_error(errors, "s.toml", 6, "'on_error'"));
+  CHECK(has_error(errors, "s.toml", 7, "'body' is not a stage"));
+  CHECK(has_error(errors, "s.toml", 8, "unknown key 'colour'"));
+  CHECK(has_error(errors, "s.toml", 12, "'timeout'"));
+  CHECK(std::any_of(errors.begin(), errors.end(), [](const std::string& e) {
+    return e.find("needs a 'name'") != std::string::npos;
+  }));
+  auto dup = load_config_text(std::string(kBase) +
+                                  "[[scanner]]\nname = \"a\"\nendpoint = \"ipc:///x\"\n"
+                                  "[[scanner]]\nname = \"a\"\nendpoint = \"ipc:///x\"\n",
+                              "d.toml");
+  REQUIRE_FALSE(dup.ok());
+  CHECK(dup.error().message.find("'a' is used twice") != std::string::npos);
+  CHECK(dup.error().message.find("'ipc:///x' is used twice") != std::string::npos);
+}
+// --- end external scanner plugins ---
 
 }  // namespace
 }  // namespace moat::policy
