@@ -20,25 +20,16 @@
 #include <string>
 #include <vector>
 
-#include "auth/auth_results.hpp"
-#include "auth/dkim.hpp"
-#include "auth/dmarc.hpp"
+#include "gateway/checks.hpp"
 #include "gateway/log.hpp"
 #include "gateway/queue_tool.hpp"
-#include "gateway/relay/callout_check.hpp"
 #include "gateway/rules_tool.hpp"
 #include "gateway/relay/queue_manager.hpp"
 #include "gateway/server.hpp"
-#include "gateway/state/redis_store.hpp"
 #include "gateway/spool/spool.hpp"
 #include "gateway/tls/tls_context.hpp"
 #include "policy/config.hpp"
 #include "policy/pipeline.hpp"
-#include "policy/greylist.hpp"
-#include "policy/rate_limit.hpp"
-#include "policy/recipient_check.hpp"
-#include "scanners/content_check.hpp"
-#include "scanners/external/scanner_check.hpp"
 
 namespace {
 
@@ -116,73 +107,14 @@ int serve(const std::vector<std::string>& args) {
     return 1;
   }
   asio::io_context io(1);
-  // Rate-limit and greylist state: in this process, or shared through Redis.
-  std::unique_ptr<policy::StateStore> state;
-  if (cfg.state.redis) state = std::make_unique<gateway::RedisStore>(io.get_executor(), cfg.state);
-  else state = std::make_unique<policy::MemoryStore>();
-  std::vector<std::unique_ptr<policy::Check>> checks;
-  if (!cfg.limits.empty())
-    checks.push_back(std::make_unique<policy::RateLimitCheck>(cfg.limits, *state, cfg.state));
-  if (!cfg.relay.recipients_file.empty())
-    checks.push_back(std::make_unique<policy::RecipientCheck>(cfg.relay.recipients_file,
-                                                              policy::RelayCheck(cfg.relay)));
-  if (cfg.relay.callout)
-    checks.push_back(std::make_unique<gateway::CalloutCheck>(io.get_executor(), cfg));
-  if (cfg.greylist.enabled)
-    checks.push_back(std::make_unique<policy::GreylistCheck>(cfg.greylist, *state, cfg.state));
-  // --- sender authentication (issue 4): DKIM, DMARC, Authentication-Results. End-of-data
-  // checks in this order: DKIM, then DMARC (reads SPF and DKIM from ctx.auth), then the header.
-  // TODO(merge with the DNS work): point `resolver` at the shared asynchronous resolver built
-  // in this function; this branch has none yet, so DKIM and DMARC do not run until then.
-  auth::Resolver* resolver = nullptr;
-  std::unique_ptr<auth::DkimVerifier> dkim;
-  std::unique_ptr<auth::PublicSuffixList> psl;
-  std::unique_ptr<auth::DmarcEvaluator> dmarc;
-  try {
-    if (resolver && cfg.dkim.enabled) {
-      dkim = std::make_unique<auth::DkimVerifier>(*resolver, cfg.dkim);
-      checks.push_back(std::make_unique<auth::DkimCheck>(*dkim));
-    }
-    if (resolver && cfg.dmarc.enabled) {
-      psl = std::make_unique<auth::PublicSuffixList>();
-      dmarc = std::make_unique<auth::DmarcEvaluator>(*resolver, *psl);
-      checks.push_back(std::make_unique<auth::DmarcCheck>(*dmarc, cfg.dmarc));
-    }
-  } catch (const std::exception& e) {
-    spdlog::critical("event=startup_failed error={}", gateway::kv(e.what()));
+  auto built = gateway::make_checks(cfg, io.get_executor());
+  if (!built) {
+    for (const auto& line : split_lines(built.error().message))
+      spdlog::critical("event=startup_failed error={}", gateway::kv(line));
     return 1;
   }
-  checks.push_back(std::make_unique<auth::AuthResultsCheck>(cfg.auth.authserv_id));
-  // --- end of sender authentication
-  // Content rules ([rules] dir): compiled before serving; a bad rule set refuses to start.
-  scanners::RuleStore rule_store;
-  if (!cfg.rules.dir.empty()) {
-    int cached = 0;
-    auto compiled = gateway::compile_rules(cfg, cfg.rules.dir, &cached);
-    if (!compiled) {
-      for (const auto& line : split_lines(compiled.error().message))
-        spdlog::critical("event=rules_error error={}", gateway::kv(line));
-      spdlog::critical("event=startup_failed error={}", gateway::kv("content rules do not compile"));
-      return 1;
-    }
-    spdlog::info("event=rules_loaded dir={} rules={} cached_databases={}", gateway::kv(cfg.rules.dir),
-                 (*compiled)->rules().rules.size(), cached);
-    rule_store.swap(*compiled);
-    scanners::MimeLimits limits;
-    limits.max_decoded = cfg.server.max_message_size;
-    checks.push_back(std::make_unique<scanners::ContentCheck>(rule_store, limits));
-  }
-  // External scanner plugins ([[scanner]]): one check runs them all in parallel.
-  if (!cfg.scanners.empty()) {
-    auto scanners = std::make_unique<scanners::ScannerCheck>(io.get_executor(), cfg.scanners);
-    if (auto started = scanners->start(); !started) {
-      spdlog::critical("event=startup_failed error={}", gateway::kv(started.error().message));
-      return 1;
-    }
-    checks.push_back(std::move(scanners));
-  }
-  policy::Pipeline pipeline(policy::RelayCheck(cfg.relay), std::move(checks),
-                            policy::Decider(cfg.decider));
+  gateway::CheckSet& checks = **built;
+  policy::Pipeline& pipeline = *checks.pipeline;
   // fsync and file reads: I/O-bound, so many threads (one fsync at a time per thread).
   asio::thread_pool blocking(16);
   gateway::QueueManager queue(io, cfg, **spool, blocking);
@@ -250,7 +182,7 @@ int serve(const std::vector<std::string>& args) {
         if (compiled) {
           spdlog::info("event=rules_reloaded dir={} rules={} ms={}", gateway::kv(cfg.rules.dir),
                        (*compiled)->rules().rules.size(), ms.count());
-          rule_store.swap(std::move(*compiled));
+          checks.rules.swap(std::move(*compiled));
         } else {
           for (const auto& line : split_lines(compiled.error().message))
             spdlog::error("event=rules_reload_failed error={}", gateway::kv(line));
