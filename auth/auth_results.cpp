@@ -105,9 +105,9 @@ std::string build_authentication_results(std::string_view authserv_id,
       auto at = ids.mail_from.rfind('@');
       std::string local = at == std::string::npos ? "" : ids.mail_from.substr(0, at);
       std::string domain = at == std::string::npos ? ids.mail_from : ids.mail_from.substr(at + 1);
-      p += " smtp.mailfrom=" + (is_dot_atom(local) ? pvalue(ids.mail_from) : pvalue(domain));
+      p.append(" smtp.mailfrom=").append(is_dot_atom(local) ? pvalue(ids.mail_from) : pvalue(domain));
     } else {
-      p += " smtp.helo=" + pvalue(ids.helo);
+      p.append(" smtp.helo=").append(pvalue(ids.helo));
     }
     parts.push_back(std::move(p));
   }
@@ -116,12 +116,14 @@ std::string build_authentication_results(std::string_view authserv_id,
     for (const auto& d : auth.dkim) {
       std::string p = "dkim=";  // appended: GCC 12 -O2 false -Wrestrict on "x" + string&&
       p += ar_value(d.result);
-      if (!d.reason.empty() || d.testing)
-        p += " " + ar_comment(d.testing ? (d.reason.empty() ? "test mode" : d.reason + "; test mode")
-                                        : d.reason);
-      if (!d.domain.empty()) p += " header.d=" + pvalue(d.domain);
-      if (!d.selector.empty()) p += " header.s=" + ar_value(d.selector);
-      if (!d.header_b.empty()) p += " header.b=" + ar_value(d.header_b);
+      if (!d.reason.empty() || d.testing) {
+        std::string why = d.reason;
+        if (d.testing) why.append(why.empty() ? "test mode" : "; test mode");
+        p.append(" ").append(ar_comment(why));
+      }
+      if (!d.domain.empty()) p.append(" header.d=").append(pvalue(d.domain));
+      if (!d.selector.empty()) p.append(" header.s=").append(ar_value(d.selector));
+      if (!d.header_b.empty()) p.append(" header.b=").append(ar_value(d.header_b));
       parts.push_back(std::move(p));
     }
   }
@@ -129,8 +131,8 @@ std::string build_authentication_results(std::string_view authserv_id,
     std::string p = "dmarc=";  // appended: GCC 12 -O2 false -Wrestrict on "x" + string&&
     p += ar_value(auth.dmarc_result);
     if (!auth.dmarc_policy.empty() && auth.dmarc_result == "fail")
-      p += " " + ar_comment("p=" + auth.dmarc_policy);
-    if (!auth.dmarc_domain.empty()) p += " header.from=" + pvalue(auth.dmarc_domain);
+      p.append(" ").append(ar_comment(std::string("p=").append(auth.dmarc_policy)));
+    if (!auth.dmarc_domain.empty()) p.append(" header.from=").append(pvalue(auth.dmarc_domain));
     parts.push_back(std::move(p));
   }
   std::string out(authserv_id);
